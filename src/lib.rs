@@ -27,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod echo;
 pub mod keys;
 pub mod metrics;
 pub mod mint;

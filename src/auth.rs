@@ -1,0 +1,187 @@
+//! The first steps of the inbound pipeline: strip what a caller could spoof, recognise public
+//! routes, and find the one bearer token (RFC 6750 §2.1).
+//!
+//! These are pure functions over the request head so they can be tested without a server.
+//! Verification itself lives in [`crate::verify`]; what the client is told, in
+//! [`crate::answer`].
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, Uri};
+use pingora::http::RequestHeader;
+
+use crate::answer::Rejection;
+use crate::config::{IDENTITY_HEADERS, PublicPath};
+use crate::verify::TokenError;
+
+/// Every header whose name starts with this is reserved for portcullis.
+const RESERVED_PREFIX: &str = "x-auth-";
+
+/// Removes every identity header from an incoming request: the fixed ones, anything else under
+/// `x-auth-`, and the configured claim headers. Runs before anything else, public routes too.
+pub fn strip_identity_headers(req: &mut RequestHeader, claim_headers: &[HeaderName]) {
+    let reserved: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX) || claim_headers.contains(name))
+        .cloned()
+        .collect();
+    for name in reserved {
+        req.remove_header(&name);
+    }
+    debug_assert!(
+        IDENTITY_HEADERS
+            .iter()
+            .all(|h| h.starts_with(RESERVED_PREFIX))
+    );
+}
+
+/// Whether the request is on a public route.
+pub fn is_public(routes: &[PublicPath], method: &str, uri: &Uri) -> bool {
+    let path = uri.path();
+    routes.iter().any(|r| r.matches(method, path))
+}
+
+/// The bearer token of a request, or why there is none usable.
+///
+/// Exactly one `Authorization` header; the scheme is case-insensitive; the token must follow
+/// the `b64token` grammar. A token in the query string is never accepted.
+pub fn bearer_token<'r>(headers: &'r HeaderMap, uri: &Uri) -> Result<&'r str, Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let in_query = query_has_token(uri);
+    let Some(value) = values.next() else {
+        return Err(if in_query {
+            Rejection::InvalidRequest("tokens are not accepted in the query string")
+        } else {
+            Rejection::MissingCredentials
+        });
+    };
+    if values.next().is_some() {
+        return Err(Rejection::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    if in_query {
+        return Err(Rejection::InvalidRequest(
+            "token sent in more than one place",
+        ));
+    }
+
+    let value = value
+        .to_str()
+        .map_err(|_| Rejection::InvalidToken(TokenError::Malformed("token is not ASCII")))?;
+    let (scheme, rest) = match value.split_once(' ') {
+        Some((s, r)) => (s, r),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::MissingCredentials);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(Rejection::InvalidRequest("Bearer scheme without a token"));
+    }
+    if !is_b64token(token) {
+        return Err(Rejection::InvalidToken(TokenError::Malformed(
+            "token has characters outside the b64token grammar",
+        )));
+    }
+    Ok(token)
+}
+
+/// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+fn query_has_token(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("access_token"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(auth: &[&str], uri: &str) -> (HeaderMap, Uri) {
+        let mut h = HeaderMap::new();
+        for a in auth {
+            h.append(AUTHORIZATION, a.parse().expect("value"));
+        }
+        (h, uri.parse().expect("uri"))
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        let (h, u) = head(&["bEaReR abc.def.ghi"], "/");
+        assert_eq!(bearer_token(&h, &u), Ok("abc.def.ghi"));
+    }
+
+    #[test]
+    fn missing_and_other_schemes_ask_for_credentials() {
+        let (h, u) = head(&[], "/");
+        assert_eq!(bearer_token(&h, &u), Err(Rejection::MissingCredentials));
+        let (h, u) = head(&["Basic dXNlcjpwYXNz"], "/");
+        assert_eq!(bearer_token(&h, &u), Err(Rejection::MissingCredentials));
+    }
+
+    #[test]
+    fn two_headers_or_empty_token_are_invalid_requests() {
+        let (h, u) = head(&["Bearer a.b.c", "Bearer a.b.c"], "/");
+        assert!(matches!(
+            bearer_token(&h, &u),
+            Err(Rejection::InvalidRequest(_))
+        ));
+        let (h, u) = head(&["Bearer "], "/");
+        assert!(matches!(
+            bearer_token(&h, &u),
+            Err(Rejection::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn query_string_tokens_are_refused() {
+        let (h, u) = head(&[], "/x?access_token=a.b.c");
+        assert!(matches!(
+            bearer_token(&h, &u),
+            Err(Rejection::InvalidRequest(_))
+        ));
+        let (h, u) = head(&["Bearer a.b.c"], "/x?a=1&access_token=a.b.c");
+        assert!(matches!(
+            bearer_token(&h, &u),
+            Err(Rejection::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn grammar_is_enforced() {
+        let (h, u) = head(&["Bearer a.b.c,d"], "/");
+        assert!(matches!(
+            bearer_token(&h, &u),
+            Err(Rejection::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn reserved_headers_are_stripped() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("head");
+        req.insert_header("X-Auth-Subject", "admin")
+            .expect("insert");
+        req.insert_header("x-auth-anything", "x").expect("insert");
+        req.insert_header("x-email", "e").expect("insert");
+        req.insert_header("x-keep", "k").expect("insert");
+        strip_identity_headers(&mut req, &[HeaderName::from_static("x-email")]);
+        assert!(req.headers.get("x-auth-subject").is_none());
+        assert!(req.headers.get("x-auth-anything").is_none());
+        assert!(req.headers.get("x-email").is_none());
+        assert_eq!(
+            req.headers.get("x-keep").map(|v| v.as_bytes()),
+            Some(&b"k"[..])
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The inbound proxy: pingora's `ProxyHttp`, hosting the pipeline of DESIGN.md.
+//!
+//! For each request, in order: strip identity headers ([`crate::auth`]); refuse an oversized
+//! head; let public routes pass; find the bearer token and verify it ([`crate::verify`]);
+//! answer a refusal ([`crate::answer`]) or add the identity headers and forward to the app.
+//! Everything else about the request (method, path, query, body, other headers, streaming,
+//! keep-alive, upgrades) is pingora's plain proxying and reaches the app unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::answer::Rejection;
+use crate::auth;
+use crate::config::{PublicPath, Settings};
+use crate::keys::{KeyStore, now_unix};
+use crate::metrics::Metrics;
+use crate::verify::{Verified, Verifier};
+
+/// Counts requests in flight so that shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Decrements [`InFlight`] when a request's context is dropped, whatever path it took.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    reason: &'static str,
+    _in_flight: InFlightGuard,
+}
+
+/// The inbound sidecar.
+pub struct Sidecar {
+    identity: String,
+    upstream: SocketAddr,
+    public_paths: Vec<PublicPath>,
+    verifier: Verifier,
+    forward_token: bool,
+    max_header_bytes: usize,
+    claim_headers: Vec<(String, HeaderName)>,
+    claim_header_names: Vec<HeaderName>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    keys: Arc<KeyStore>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Sidecar {
+    pub fn new(
+        settings: &Settings,
+        keys: Arc<KeyStore>,
+        metrics: Arc<Metrics>,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        Self {
+            identity: settings.identity.clone(),
+            upstream: settings.upstream,
+            public_paths: settings.public_paths.clone(),
+            verifier: Verifier {
+                identity: settings.identity.clone(),
+                issuers: settings.issuers.clone(),
+                leeway: settings.leeway,
+                max_token_bytes: settings.max_token_bytes,
+            },
+            forward_token: settings.forward_token,
+            max_header_bytes: settings.max_header_bytes,
+            claim_headers: settings.claim_headers.clone(),
+            claim_header_names: settings
+                .claim_headers
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect(),
+            connect_timeout: settings.upstream_connect_timeout,
+            idle_timeout: settings.upstream_idle_timeout,
+            keys,
+            metrics,
+            in_flight,
+        }
+    }
+
+    /// Authenticates the request; on success returns the headers to add.
+    fn authenticate(&self, session: &Session) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let req = session.req_header();
+        if head_size(req) > self.max_header_bytes {
+            return Err(Rejection::HeadTooLarge);
+        }
+        let keys = self.keys.current().ok_or(Rejection::NoKeys)?;
+        let token = auth::bearer_token(&req.headers, &req.uri)?;
+        let now = now_unix();
+        let verified = self
+            .verifier
+            .verify(token, &keys, now)
+            .map_err(Rejection::InvalidToken)?;
+        verified.key.usage.record(now);
+        self.identity_headers(&verified)
+    }
+
+    /// The headers the app receives for a verified token.
+    fn identity_headers(
+        &self,
+        v: &Verified<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let mut out = Vec::with_capacity(5 + self.claim_headers.len());
+        if let Some(sub) = &v.claims.sub {
+            out.push((
+                HeaderName::from_static("x-auth-subject"),
+                header_value(sub)?,
+            ));
+        }
+        out.push((
+            HeaderName::from_static("x-auth-issuer"),
+            header_value(&v.claims.iss)?,
+        ));
+        if !v.claims.roles.is_empty() {
+            out.push((
+                HeaderName::from_static("x-auth-roles"),
+                header_value(&v.claims.roles.join(","))?,
+            ));
+        }
+        if let Some(actor) = &v.claims.actor {
+            out.push((
+                HeaderName::from_static("x-auth-actor"),
+                header_value(actor)?,
+            ));
+        }
+        out.push((
+            HeaderName::from_static("x-auth-claims"),
+            header_value(v.payload_b64)?,
+        ));
+        if !self.claim_headers.is_empty() {
+            let claims = v.claims_map();
+            for (claim, header) in &self.claim_headers {
+                if let Some(value) = claims.get(claim).and_then(claim_text) {
+                    out.push((header.clone(), header_value(&value)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        rejection: Rejection,
+    ) -> Result<bool> {
+        ctx.reason = rejection.reason();
+        let answer = rejection.answer(&self.identity);
+        let req = session.req_header();
+        tracing::info!(
+            reason = ctx.reason,
+            status = answer.status,
+            method = %req.method,
+            path = %req.uri.path(),
+            client = %client(session),
+            "request denied"
+        );
+        let mut resp = ResponseHeader::build(answer.status, Some(4))?;
+        if let Some(challenge) = &answer.www_authenticate {
+            resp.insert_header(WWW_AUTHENTICATE, challenge)?;
+        }
+        resp.insert_header(CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, answer.body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(answer.body), true).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Sidecar {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        Ctx {
+            start: Instant::now(),
+            reason: "",
+            _in_flight: InFlightGuard(self.in_flight.clone()),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Step 1, always first: nothing a caller sends can pass for an identity header.
+        auth::strip_identity_headers(session.req_header_mut(), &self.claim_header_names);
+
+        let req = session.req_header();
+        if auth::is_public(&self.public_paths, req.method.as_str(), &req.uri) {
+            ctx.reason = "public";
+            return Ok(false);
+        }
+
+        match self.authenticate(session) {
+            Ok(headers) => {
+                let req = session.req_header_mut();
+                if !self.forward_token {
+                    req.remove_header(&AUTHORIZATION);
+                }
+                for (name, value) in headers {
+                    req.insert_header(name, value)?;
+                }
+                ctx.reason = "verified";
+                Ok(false)
+            }
+            Err(rejection) => self.refuse(session, ctx, rejection).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 502 {
+            tracing::warn!(upstream = %self.upstream, error = %e, "upstream unavailable");
+        }
+        if code > 0 {
+            let body = Bytes::from(match code {
+                502 => {
+                    r#"{"error":"bad_gateway","error_description":"the app behind the sidecar is unreachable"}"#
+                }
+                400 => r#"{"error":"bad_request","error_description":"malformed request"}"#,
+                _ => {
+                    r#"{"error":"internal_error","error_description":"the sidecar could not complete the request"}"#
+                }
+            });
+            if let Err(error) = session.respond_error_with_body(code, body).await {
+                tracing::debug!(%error, "cannot send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if !ctx.reason.is_empty() {
+            self.metrics.decided(ctx.reason);
+        }
+        self.metrics
+            .duration
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Size of the request line and headers as received (approximately: names, values, separators).
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// A claim value as header text: strings as they are, arrays of scalars comma-joined, anything
+/// else as compact JSON.
+fn claim_text(v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) => Some(v.to_string()),
+        Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => Some(
+            items
+                .iter()
+                .filter_map(claim_text)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A claim as a header value; a claim that cannot travel in a header makes the token unusable.
+fn header_value(s: &str) -> Result<HeaderValue, Rejection> {
+    HeaderValue::from_bytes(s.as_bytes()).map_err(|_| {
+        Rejection::InvalidToken(crate::verify::TokenError::Malformed(
+            "a claim cannot be passed on as a header",
+        ))
+    })
+}
+
+fn client(session: &Session) -> String {
+    session
+        .client_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}

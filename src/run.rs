@@ -1,0 +1,132 @@
+//! Assembling and running the sidecar: keys, watcher, proxy, admin listener, shutdown.
+//!
+//! pingora owns the process once [`serve`] starts it. SIGTERM makes it stop accepting; a
+//! watcher thread then waits for in-flight requests to finish (up to the shutdown timeout) and
+//! exits 0, so a drained sidecar does not sit out pingora's whole grace period.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Settings;
+use crate::keys::{self, KeyStore};
+use crate::metrics::Metrics;
+use crate::proxy::{InFlight, Sidecar};
+use crate::watch::{self, WatchOptions};
+
+/// Loads the keys once and keeps them fresh from the directory.
+pub fn start_key_store(settings: &Settings) -> Arc<KeyStore> {
+    let store = Arc::new(KeyStore::new(settings.keys_dir.clone()));
+    let outcome = store.reload();
+    keys::log_outcome(&store, &outcome);
+    let watched = store.clone();
+    let options = WatchOptions {
+        rescan: settings.rescan_interval,
+        ..WatchOptions::default()
+    };
+    watch::spawn(
+        "keys",
+        vec![settings.keys_dir.clone()],
+        options,
+        move || {
+            let outcome = watched.reload();
+            keys::log_outcome(&watched, &outcome);
+        },
+    );
+    store
+}
+
+/// Builds the pingora server for these settings; `serve` runs it.
+pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server, Arc<InFlight>)> {
+    let metrics = Metrics::new()?;
+    let in_flight = Arc::new(InFlight::default());
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        work_stealing: settings.threads > 1,
+        upstream_keepalive_pool_size: settings.upstream_pool_size,
+        grace_period_seconds: Some(settings.shutdown_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let sidecar = Sidecar::new(settings, keys.clone(), metrics.clone(), in_flight.clone());
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, sidecar, "inbound");
+    proxy.add_tcp(&settings.listen.to_string());
+    server.add_service(proxy);
+
+    let admin = Admin {
+        keys,
+        metrics,
+        upstream: settings.upstream,
+    };
+    let mut admin = Service::new("admin".to_string(), admin);
+    admin.add_tcp(&settings.admin_listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+    Ok((server, in_flight))
+}
+
+/// Runs the server until SIGTERM (graceful) or SIGINT (immediate). Never returns.
+pub fn serve(server: Server, in_flight: Arc<InFlight>, shutdown_timeout: Duration) -> ! {
+    let phases = server.watch_execution_phase();
+    thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || drain_then_exit(phases, in_flight, shutdown_timeout))
+        .ok();
+    server.run_forever()
+}
+
+/// After SIGTERM, exits as soon as no request is in flight, or when the timeout ends.
+fn drain_then_exit(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    in_flight: Arc<InFlight>,
+    timeout: Duration,
+) {
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::GracefulTerminate) => break,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    tracing::info!(
+        in_flight = in_flight.count(),
+        "shutting down, draining requests"
+    );
+    let deadline = Instant::now() + timeout;
+    // Let the listeners see the shutdown before counting.
+    thread::sleep(Duration::from_millis(50));
+    while in_flight.count() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left = in_flight.count();
+    if left > 0 {
+        tracing::warn!(left, "shutdown timeout reached with requests in flight");
+    } else {
+        tracing::info!("drained, exiting");
+    }
+    std::process::exit(0);
+}
+
+/// `portcullis run`: the whole sidecar.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(
+        identity = %settings.identity,
+        listen = %settings.listen,
+        upstream = %settings.upstream,
+        admin = %settings.admin_listen,
+        keys_dir = %settings.keys_dir.display(),
+        "starting portcullis"
+    );
+    let keys = start_key_store(&settings);
+    let (server, in_flight) = build(&settings, keys)?;
+    serve(server, in_flight, settings.shutdown_timeout)
+}

@@ -1,0 +1,631 @@
+//! Verification of HS256 tokens (RFC 7519, RFC 7515, with the rules of RFC 8725).
+//!
+//! The order is fixed and deliberate: shape, header (`alg` must be `HS256`, no `crit`), the
+//! key named by `kid`, the signature (constant-time), and only then the claims: `exp`
+//! (required), `nbf` and `iat` with the leeway, `iss` against the allowed list, `aud` (string or
+//! array) containing this sidecar's identity. NumericDate claims must be JSON numbers; a string
+//! `exp` is malformed, not absent. Nothing in a header is ever dereferenced (`jku`, `x5u`, `jwk`).
+//!
+//! This module decides; it does not answer. [`TokenError`] says why a token failed, and
+//! [`crate::answer`] turns that into what the client is told.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, Visitor};
+
+use crate::keys::{Key, KeySet};
+
+/// What a verification checks against, besides the keys.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub identity: String,
+    pub issuers: Vec<String>,
+    pub leeway: u64,
+    pub max_token_bytes: usize,
+}
+
+/// Why a token was refused. Each variant maps to one reason code and one client description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token exceeds the size limit")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported algorithm")]
+    UnsupportedAlgorithm,
+    #[error("unsupported critical header")]
+    UnsupportedCritical,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("missing claim {0}")]
+    MissingClaim(&'static str),
+    #[error("issuer not accepted")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+}
+
+impl TokenError {
+    /// Stable reason code, used in metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedAlgorithm => "bad_algorithm",
+            Self::UnsupportedCritical => "bad_crit",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::MissingClaim(_) => "missing_claim",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+        }
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified<'t> {
+    /// The key that verified the signature.
+    pub key: &'t Key,
+    pub claims: Claims,
+    /// The payload segment exactly as received: base64url JSON, as the app receives it.
+    pub payload_b64: &'t str,
+    /// The decoded payload, for claim lookups beyond the fixed ones.
+    pub payload_json: Vec<u8>,
+}
+
+impl Verified<'_> {
+    /// The whole claim set as a JSON object.
+    pub fn claims_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_slice(&self.payload_json).unwrap_or_default()
+    }
+}
+
+/// The claims portcullis itself acts on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims {
+    pub sub: Option<String>,
+    pub iss: String,
+    pub exp: f64,
+    pub roles: Vec<String>,
+    /// `act.sub` (RFC 8693): the service acting on the subject's behalf.
+    pub actor: Option<String>,
+    pub jti: Option<String>,
+}
+
+impl Verifier {
+    /// Checks `token` against `keys` at time `now` (seconds since the epoch).
+    pub fn verify<'t>(
+        &self,
+        token: &'t str,
+        keys: &'t KeySet,
+        now: u64,
+    ) -> Result<Verified<'t>, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let (header_b64, payload_b64, sig_b64) = split(token)?;
+
+        let header_json = decode(header_b64, "header is not base64url")?;
+        let header: Header<'_> = serde_json::from_slice(&header_json)
+            .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
+        if header.alg != "HS256" {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        if header.crit.is_some() {
+            return Err(TokenError::UnsupportedCritical);
+        }
+
+        let signature = decode_signature(sig_b64)?;
+        let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        let key = find_key(keys, header.kid.as_deref(), signing_input, &signature)?;
+
+        let payload_json = decode(payload_b64, "payload is not base64url")?;
+        let raw: RawClaims = serde_json::from_slice(&payload_json)
+            .map_err(|_| TokenError::Malformed("claims are not a valid JSON object"))?;
+        let claims = self.check_claims(raw, now)?;
+        Ok(Verified {
+            key,
+            claims,
+            payload_b64,
+            payload_json,
+        })
+    }
+
+    fn check_claims(&self, raw: RawClaims, now: u64) -> Result<Claims, TokenError> {
+        let now = now as f64;
+        let leeway = self.leeway as f64;
+
+        let exp = numeric(raw.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+        if now >= exp + leeway {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = numeric(raw.nbf, "nbf")?
+            && now + leeway < nbf
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        if let Some(iat) = numeric(raw.iat, "iat")?
+            && iat > now + leeway
+        {
+            return Err(TokenError::IssuedInFuture);
+        }
+
+        let iss = raw.iss.ok_or(TokenError::MissingClaim("iss"))?;
+        if !self.issuers.iter().any(|allowed| *allowed == iss) {
+            return Err(TokenError::WrongIssuer);
+        }
+        let aud = match raw.aud {
+            None => return Err(TokenError::MissingClaim("aud")),
+            Some(Strings::Invalid) => {
+                return Err(TokenError::Malformed(
+                    "aud must be a string or an array of strings",
+                ));
+            }
+            Some(Strings::List(list)) => list,
+        };
+        if !aud.iter().any(|a| *a == self.identity) {
+            return Err(TokenError::WrongAudience);
+        }
+
+        let roles = match raw.roles {
+            None => Vec::new(),
+            Some(Strings::Invalid) => {
+                return Err(TokenError::Malformed(
+                    "roles must be a string or an array of strings",
+                ));
+            }
+            Some(Strings::List(list)) => list.into_iter().map(Cow::into_owned).collect(),
+        };
+        Ok(Claims {
+            sub: raw.sub.map(Cow::into_owned),
+            iss: iss.into_owned(),
+            exp,
+            roles,
+            actor: raw.act.and_then(|a| a.sub).map(Cow::into_owned),
+            jti: raw.jti.map(Cow::into_owned),
+        })
+    }
+}
+
+/// Splits `h.p.s`; each part must be non-empty base64url.
+fn split(token: &str) -> Result<(&str, &str, &str), TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Malformed("empty token"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
+    };
+    if h.is_empty() || p.is_empty() {
+        return Err(TokenError::Malformed("empty header or payload"));
+    }
+    if s.is_empty() {
+        return Err(TokenError::Malformed("token is unsigned"));
+    }
+    Ok((h, p, s))
+}
+
+fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed(what))
+}
+
+/// An HS256 signature is exactly 32 bytes: 43 base64url characters.
+fn decode_signature(segment: &str) -> Result<[u8; 32], TokenError> {
+    let mut sig = [0u8; 32];
+    if segment.len() != 43 {
+        return Err(TokenError::Malformed(
+            "signature has the wrong length for HS256",
+        ));
+    }
+    match URL_SAFE_NO_PAD.decode_slice(segment, &mut sig) {
+        Ok(32) => Ok(sig),
+        _ => Err(TokenError::Malformed("signature is not base64url")),
+    }
+}
+
+/// The key named by `kid`, or, without a kid, the first key whose MAC matches.
+fn find_key<'k>(
+    keys: &'k KeySet,
+    kid: Option<&str>,
+    input: &[u8],
+    sig: &[u8; 32],
+) -> Result<&'k Key, TokenError> {
+    let matches = |key: &Key| {
+        let mut mac = key.mac();
+        mac.update(input);
+        // `verify_slice` compares in constant time.
+        mac.verify_slice(sig).is_ok()
+    };
+    match kid {
+        Some(kid) => {
+            let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+            if matches(key) {
+                Ok(key)
+            } else {
+                Err(TokenError::BadSignature)
+            }
+        }
+        None => keys
+            .all()
+            .iter()
+            .find(|k| matches(k))
+            .ok_or(TokenError::BadSignature),
+    }
+}
+
+fn numeric(value: Option<Numeric>, name: &'static str) -> Result<Option<f64>, TokenError> {
+    match value {
+        None => Ok(None),
+        Some(Numeric::Number(n)) => Ok(Some(n)),
+        Some(Numeric::NotANumber) => Err(TokenError::Malformed(match name {
+            "exp" => "exp must be a number",
+            "nbf" => "nbf must be a number",
+            _ => "iat must be a number",
+        })),
+    }
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawClaims<'a> {
+    #[serde(borrow, default)]
+    iss: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sub: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    aud: Option<Strings<'a>>,
+    #[serde(default)]
+    exp: Option<Numeric>,
+    #[serde(default)]
+    nbf: Option<Numeric>,
+    #[serde(default)]
+    iat: Option<Numeric>,
+    #[serde(borrow, default)]
+    roles: Option<Strings<'a>>,
+    #[serde(borrow, default)]
+    act: Option<Actor<'a>>,
+    #[serde(borrow, default)]
+    jti: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Actor<'a> {
+    #[serde(borrow, default)]
+    sub: Option<Cow<'a, str>>,
+}
+
+/// A NumericDate, or a value of another type (which is an error, reported precisely).
+enum Numeric {
+    Number(f64),
+    NotANumber,
+}
+
+impl<'de> Deserialize<'de> for Numeric {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Numeric;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Numeric, E> {
+                Ok(Numeric::Number(v as f64))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Numeric, E> {
+                Ok(Numeric::Number(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Numeric, E> {
+                Ok(Numeric::Number(v))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Numeric, E> {
+                Ok(Numeric::NotANumber)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Numeric, E> {
+                Ok(Numeric::NotANumber)
+            }
+            fn visit_unit<E>(self) -> Result<Numeric, E> {
+                Ok(Numeric::NotANumber)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Numeric, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Numeric::NotANumber)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Numeric, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Numeric::NotANumber)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string or an array of strings (`aud`, `roles`), or anything else, reported precisely.
+enum Strings<'a> {
+    List(Vec<Cow<'a, str>>),
+    Invalid,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Strings<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strings<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Strings<'de>, E> {
+                Ok(Strings::List(vec![Cow::Borrowed(v)]))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Strings<'de>, E> {
+                Ok(Strings::List(vec![Cow::Owned(v.to_string())]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Strings<'de>, A::Error> {
+                let mut out = Vec::new();
+                let mut valid = true;
+                while let Some(item) = seq.next_element::<Item<'de>>()? {
+                    match item {
+                        Item::Str(s) => out.push(s),
+                        Item::Other => valid = false,
+                    }
+                }
+                Ok(if valid {
+                    Strings::List(out)
+                } else {
+                    Strings::Invalid
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Strings<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Strings::Invalid)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Strings<'de>, E> {
+                Ok(Strings::Invalid)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Strings<'de>, E> {
+                Ok(Strings::Invalid)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Strings<'de>, E> {
+                Ok(Strings::Invalid)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Strings<'de>, E> {
+                Ok(Strings::Invalid)
+            }
+            fn visit_unit<E>(self) -> Result<Strings<'de>, E> {
+                Ok(Strings::Invalid)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One array element of [`Strings`].
+enum Item<'a> {
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Strings::deserialize(d)? {
+            Strings::List(mut v) if v.len() == 1 => Ok(Item::Str(v.remove(0))),
+            _ => Ok(Item::Other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeySet;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+
+    fn keyset() -> (std::path::PathBuf, KeySet) {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-verify-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        std::fs::write(dir.join("k1"), KEY).expect("write key");
+        let set = KeySet::load(&dir).expect("load");
+        (dir, set)
+    }
+
+    fn sign(header: &str, payload: &str, key: &[u8]) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let mut mac = crate::keys::HmacSha256::new_from_slice(key).expect("hmac");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
+    }
+
+    fn verifier() -> Verifier {
+        Verifier {
+            identity: "todos".into(),
+            issuers: vec!["iss".into()],
+            leeway: 5,
+            max_token_bytes: 8192,
+        }
+    }
+
+    fn check(header: &str, payload: &str) -> Result<Claims, TokenError> {
+        let (_dir, keys) = keyset();
+        let token = sign(header, payload, KEY);
+        verifier().verify(&token, &keys, NOW).map(|v| v.claims)
+    }
+
+    const H: &str = r#"{"alg":"HS256","kid":"k1","typ":"JWT"}"#;
+
+    #[test]
+    fn valid_token_yields_its_claims() {
+        let c = check(
+            H,
+            r#"{"iss":"iss","aud":["x","todos"],"sub":"bob","exp":1800000100,"roles":["a","b"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.sub.as_deref(), Some("bob"));
+        assert_eq!(c.roles, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn string_exp_is_malformed_not_ignored() {
+        let e =
+            check(H, r#"{"iss":"iss","aud":"todos","exp":"1900000000"}"#).expect_err("string exp");
+        assert_eq!(e, TokenError::Malformed("exp must be a number"));
+    }
+
+    #[test]
+    fn each_claim_rule_has_its_reason() {
+        let cases = [
+            (
+                r#"{"iss":"iss","aud":"todos"}"#,
+                TokenError::MissingClaim("exp"),
+            ),
+            (
+                r#"{"iss":"iss","aud":"todos","exp":1799999990}"#,
+                TokenError::Expired,
+            ),
+            (
+                r#"{"iss":"iss","aud":"todos","exp":1800000100,"nbf":1800000060}"#,
+                TokenError::NotYetValid,
+            ),
+            (
+                r#"{"iss":"iss","aud":"todos","exp":1800000100,"iat":1800000060}"#,
+                TokenError::IssuedInFuture,
+            ),
+            (
+                r#"{"iss":"other","aud":"todos","exp":1800000100}"#,
+                TokenError::WrongIssuer,
+            ),
+            (
+                r#"{"aud":"todos","exp":1800000100}"#,
+                TokenError::MissingClaim("iss"),
+            ),
+            (
+                r#"{"iss":"iss","aud":"billing","exp":1800000100}"#,
+                TokenError::WrongAudience,
+            ),
+            (
+                r#"{"iss":"iss","exp":1800000100}"#,
+                TokenError::MissingClaim("aud"),
+            ),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(check(H, payload).expect_err(payload), want, "{payload}");
+        }
+    }
+
+    #[test]
+    fn leeway_tolerates_small_skew() {
+        assert!(check(H, r#"{"iss":"iss","aud":"todos","exp":1799999997}"#).is_ok());
+        assert!(
+            check(
+                H,
+                r#"{"iss":"iss","aud":"todos","exp":1800000100,"nbf":1800000004}"#
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn header_rules() {
+        let p = r#"{"iss":"iss","aud":"todos","exp":1800000100}"#;
+        assert_eq!(
+            check(r#"{"alg":"none"}"#, p).expect_err("none"),
+            TokenError::UnsupportedAlgorithm
+        );
+        assert_eq!(
+            check(r#"{"alg":"HS512","kid":"k1"}"#, p).expect_err("hs512"),
+            TokenError::UnsupportedAlgorithm
+        );
+        assert_eq!(
+            check(r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#, p).expect_err("crit"),
+            TokenError::UnsupportedCritical
+        );
+        assert_eq!(
+            check(r#"{"alg":"HS256","kid":"zz"}"#, p).expect_err("kid"),
+            TokenError::UnknownKey
+        );
+        assert!(
+            check(r#"{"alg":"HS256"}"#, p).is_ok(),
+            "a token without kid is tried against every key"
+        );
+    }
+
+    #[test]
+    fn wrong_key_and_tampering_fail_the_signature() {
+        let (_dir, keys) = keyset();
+        let p = r#"{"iss":"iss","aud":"todos","exp":1800000100}"#;
+        let other = sign(H, p, b"ffffffffffffffffffffffffffffffff");
+        assert_eq!(
+            verifier().verify(&other, &keys, NOW).expect_err("key"),
+            TokenError::BadSignature
+        );
+        let good = sign(H, p, KEY);
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(r#"{"iss":"iss","aud":"todos","exp":1900000000}"#),
+            parts[2]
+        );
+        assert_eq!(
+            verifier().verify(&forged, &keys, NOW).expect_err("tamper"),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn shapes_are_malformed() {
+        let (_dir, keys) = keyset();
+        for bad in ["", "a", "a.b", "a.b.c.d", "..", "a.b.", "!!!.b.c"] {
+            let e = verifier().verify(bad, &keys, NOW).expect_err(bad);
+            assert!(matches!(e, TokenError::Malformed(_)), "{bad}: {e:?}");
+        }
+        let mut v = verifier();
+        v.max_token_bytes = 10;
+        assert_eq!(
+            v.verify("aaaaaaaaaaaaaaaaa.b.c", &keys, NOW)
+                .expect_err("size"),
+            TokenError::TooLarge
+        );
+    }
+}
