@@ -16,7 +16,12 @@ fn setup(extra: &[&str]) -> (KeyDir, Upstream, Sidecar) {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, extra);
-    assert!(eventually(Duration::from_secs(10), || get(sidecar.admin, "/startupz").status == 200));
+    assert!(eventually(Duration::from_secs(10), || get(
+        sidecar.admin,
+        "/startupz"
+    )
+    .status
+        == 200));
     (keys, upstream, sidecar)
 }
 
@@ -29,7 +34,12 @@ fn valid_token_reaches_the_app_with_verified_identity() {
         sidecar.addr,
         "POST",
         "/todos/7?sort=desc&x=%20y",
-        &[("authorization", &auth), ("x-auth-subject", "admin"), ("X-Auth-Roles", "root"), ("x-custom", "kept")],
+        &[
+            ("authorization", &auth),
+            ("x-auth-subject", "admin"),
+            ("X-Auth-Roles", "root"),
+            ("x-custom", "kept"),
+        ],
         b"{\"title\":\"milk\"}",
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -44,12 +54,18 @@ fn valid_token_reaches_the_app_with_verified_identity() {
     assert_eq!(seen.count("x-auth-subject"), 1, "spoofed copy must be gone");
     assert_eq!(seen.header("x-auth-roles"), Some("reader,writer"));
     assert_eq!(seen.header("x-auth-issuer"), Some(ISSUER));
-    assert!(seen.header("authorization").is_none(), "the app must not receive the token by default");
+    assert!(
+        seen.header("authorization").is_none(),
+        "the app must not receive the token by default"
+    );
 
     let claims_b64 = seen.header("x-auth-claims").expect("claims header");
-    let claims: serde_json::Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims_b64).expect("b64"))
-            .expect("json");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .expect("b64"),
+    )
+    .expect("json");
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["aud"], IDENTITY);
 }
@@ -59,21 +75,35 @@ fn forward_token_passes_authorization_on() {
     let (_keys, upstream, sidecar) = setup(&["--forward-token"]);
     let token = good_token();
     assert_eq!(get_with_token(sidecar.addr, "/", &token).status, 200);
-    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {token}").as_str()));
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
 }
 
 #[test]
 fn claim_to_header_map_from_the_config_file() {
     let dir = temp_dir("cfg");
     let cfg = dir.join("portcullis.yaml");
-    std::fs::write(&cfg, "claim_headers:\n  email: x-user-email\n  tenant: x-tenant\n").expect("write");
+    std::fs::write(
+        &cfg,
+        "claim_headers:\n  email: x-user-email\n  tenant: x-tenant\n",
+    )
+    .expect("write");
     let (_keys, upstream, sidecar) = setup(&["--config", cfg.to_str().expect("path")]);
-    let token = token_with("k1", KEY1, json!({"email": "alice@example.com", "tenant": 42}));
+    let token = token_with(
+        "k1",
+        KEY1,
+        json!({"email": "alice@example.com", "tenant": 42}),
+    );
     let resp = request(
         sidecar.addr,
         "GET",
         "/",
-        &[("authorization", &format!("Bearer {token}")), ("x-user-email", "mallory@example.com")],
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-user-email", "mallory@example.com"),
+        ],
         b"",
     );
     assert_eq!(resp.status, 200);
@@ -84,18 +114,41 @@ fn claim_to_header_map_from_the_config_file() {
 }
 
 /// One refusal: status, the `error` in the challenge (None: no error attribute), description.
-fn assert_refused(sidecar: &Sidecar, upstream: &Upstream, resp: &Response, status: u16, error: Option<&str>, desc: &str) {
+fn assert_refused(
+    sidecar: &Sidecar,
+    upstream: &Upstream,
+    resp: &Response,
+    status: u16,
+    error: Option<&str>,
+    desc: &str,
+) {
     assert_eq!(resp.status, status, "body: {}", resp.text());
     let challenge = resp.header("www-authenticate").unwrap_or("");
-    assert!(challenge.starts_with("Bearer realm=\"todos\""), "challenge: {challenge}");
+    assert!(
+        challenge.starts_with("Bearer realm=\"todos\""),
+        "challenge: {challenge}"
+    );
     match error {
-        Some(e) => assert!(challenge.contains(&format!("error=\"{e}\"")), "challenge: {challenge}"),
+        Some(e) => assert!(
+            challenge.contains(&format!("error=\"{e}\"")),
+            "challenge: {challenge}"
+        ),
         None => assert!(!challenge.contains("error="), "challenge: {challenge}"),
     }
     let body = resp.json();
-    assert!(body["error_description"].as_str().unwrap_or("").contains(desc), "body {body} lacks {desc:?}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains(desc),
+        "body {body} lacks {desc:?}"
+    );
     assert_eq!(resp.header("content-type"), Some("application/json"));
-    assert!(upstream.requests().is_empty(), "the app must see nothing, saw {:?}", upstream.requests());
+    assert!(
+        upstream.requests().is_empty(),
+        "the app must see nothing, saw {:?}",
+        upstream.requests()
+    );
     let _ = sidecar;
 }
 
@@ -129,18 +182,46 @@ fn every_token_failure_is_refused_with_its_reason() {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims(json!({})))
     );
     let cases: Vec<(String, &str)> = vec![
-        (sign(h, &claims(json!({"exp": t - 60})), KEY1), "token expired"),
-        (sign(h, &claims(json!({"aud": ["billing", "share"]})), KEY1), "wrong audience"),
-        (sign(h, &claims(json!({"iss": "https://evil"})), KEY1), "issuer not accepted"),
+        (
+            sign(h, &claims(json!({"exp": t - 60})), KEY1),
+            "token expired",
+        ),
+        (
+            sign(h, &claims(json!({"aud": ["billing", "share"]})), KEY1),
+            "wrong audience",
+        ),
+        (
+            sign(h, &claims(json!({"iss": "https://evil"})), KEY1),
+            "issuer not accepted",
+        ),
         (sign(h, &claims(json!({"exp": null})), KEY1), "no exp claim"),
-        (sign(h, &claims(json!({"exp": (t + 300).to_string()})), KEY1), "exp must be a number"),
-        (sign(h, &claims(json!({"nbf": t + 120})), KEY1), "not yet valid"),
+        (
+            sign(h, &claims(json!({"exp": (t + 300).to_string()})), KEY1),
+            "exp must be a number",
+        ),
+        (
+            sign(h, &claims(json!({"nbf": t + 120})), KEY1),
+            "not yet valid",
+        ),
         (sign(h, &claims(json!({})), KEY2), "bad signature"),
         (tampered, "bad signature"),
-        (sign(r#"{"alg":"HS256","kid":"nope"}"#, &claims(json!({})), KEY1), "unknown key id"),
-        (sign(r#"{"alg":"HS512","kid":"k1"}"#, &claims(json!({})), KEY1), "unsupported algorithm"),
+        (
+            sign(r#"{"alg":"HS256","kid":"nope"}"#, &claims(json!({})), KEY1),
+            "unknown key id",
+        ),
+        (
+            sign(r#"{"alg":"HS512","kid":"k1"}"#, &claims(json!({})), KEY1),
+            "unsupported algorithm",
+        ),
         (none, "token is unsigned"),
-        (sign(r#"{"alg":"HS256","kid":"k1","crit":["x"]}"#, &claims(json!({})), KEY1), "critical"),
+        (
+            sign(
+                r#"{"alg":"HS256","kid":"k1","crit":["x"]}"#,
+                &claims(json!({})),
+                KEY1,
+            ),
+            "critical",
+        ),
         ("not-a-jwt".to_string(), "three dot-separated parts"),
         (format!("{}.{}", "a".repeat(9000), "b.c"), "too large"),
     ];
@@ -150,11 +231,23 @@ fn every_token_failure_is_refused_with_its_reason() {
     }
     // The log names each reason but never the token.
     let log = sidecar.log_text();
-    assert!(log.contains("\"reason\":\"expired\"") && log.contains("request denied"), "{log}");
-    assert!(!log.contains(parts[1]) && !log.contains(parts[2]), "a token leaked into the log");
+    assert!(
+        log.contains("\"reason\":\"expired\"") && log.contains("request denied"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(parts[1]) && !log.contains(parts[2]),
+        "a token leaked into the log"
+    );
     let metrics = sidecar.metrics();
-    assert!(metrics.contains("portcullis_requests_total{decision=\"deny\",reason=\"expired\"} 1"), "{metrics}");
-    assert!(metrics.contains("portcullis_requests_total{decision=\"deny\",reason=\"bad_signature\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_requests_total{decision=\"deny\",reason=\"expired\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_requests_total{decision=\"deny\",reason=\"bad_signature\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -164,38 +257,137 @@ fn missing_and_malformed_requests_get_rfc6750_answers() {
     let bearer = format!("Bearer {token}");
 
     let resp = get(sidecar.addr, "/todos");
-    assert_refused(&sidecar, &upstream, &resp, 401, None, "bearer token is required");
-    let resp = request(sidecar.addr, "GET", "/todos", &[("authorization", "Basic YWxpY2U6cHc=")], b"");
-    assert_refused(&sidecar, &upstream, &resp, 401, None, "bearer token is required");
-    let resp = request(sidecar.addr, "GET", "/todos", &[("authorization", &bearer), ("authorization", &bearer)], b"");
-    assert_refused(&sidecar, &upstream, &resp, 400, Some("invalid_request"), "more than one");
-    let resp = request(sidecar.addr, "GET", "/todos", &[("authorization", "Bearer")], b"");
-    assert_refused(&sidecar, &upstream, &resp, 400, Some("invalid_request"), "without a token");
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        401,
+        None,
+        "bearer token is required",
+    );
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/todos",
+        &[("authorization", "Basic YWxpY2U6cHc=")],
+        b"",
+    );
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        401,
+        None,
+        "bearer token is required",
+    );
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/todos",
+        &[("authorization", &bearer), ("authorization", &bearer)],
+        b"",
+    );
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        400,
+        Some("invalid_request"),
+        "more than one",
+    );
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/todos",
+        &[("authorization", "Bearer")],
+        b"",
+    );
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        400,
+        Some("invalid_request"),
+        "without a token",
+    );
     let resp = get(sidecar.addr, &format!("/todos?access_token={token}"));
-    assert_refused(&sidecar, &upstream, &resp, 400, Some("invalid_request"), "query string");
-    let resp = request(sidecar.addr, "GET", "/todos?access_token=x", &[("authorization", &bearer)], b"");
-    assert_refused(&sidecar, &upstream, &resp, 400, Some("invalid_request"), "more than one place");
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        400,
+        Some("invalid_request"),
+        "query string",
+    );
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/todos?access_token=x",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        400,
+        Some("invalid_request"),
+        "more than one place",
+    );
 }
 
 #[test]
 fn oversized_head_gets_431() {
     let (_keys, upstream, sidecar) = setup(&["--max-header-bytes", "16384"]);
     let big = "x".repeat(20_000);
-    let resp = request(sidecar.addr, "GET", "/", &[("authorization", &format!("Bearer {}", good_token())), ("x-big", &big)], b"");
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/",
+        &[
+            ("authorization", &format!("Bearer {}", good_token())),
+            ("x-big", &big),
+        ],
+        b"",
+    );
     assert_eq!(resp.status, 431, "{}", resp.text());
     assert!(upstream.requests().is_empty());
 }
 
 #[test]
 fn public_paths_pass_without_a_token_but_are_still_stripped() {
-    let (_keys, upstream, sidecar) = setup(&["--public-path", "GET /healthz", "--public-path", "/static/*"]);
-    let resp = request(sidecar.addr, "GET", "/healthz", &[("x-auth-subject", "admin")], b"");
+    let (_keys, upstream, sidecar) = setup(&[
+        "--public-path",
+        "GET /healthz",
+        "--public-path",
+        "/static/*",
+    ]);
+    let resp = request(
+        sidecar.addr,
+        "GET",
+        "/healthz",
+        &[("x-auth-subject", "admin")],
+        b"",
+    );
     assert_eq!(resp.status, 200);
-    assert!(upstream.last().header("x-auth-subject").is_none(), "spoofed header reached a public route");
-    assert_eq!(request(sidecar.addr, "POST", "/static/app.css", &[], b"x").status, 200);
+    assert!(
+        upstream.last().header("x-auth-subject").is_none(),
+        "spoofed header reached a public route"
+    );
+    assert_eq!(
+        request(sidecar.addr, "POST", "/static/app.css", &[], b"x").status,
+        200
+    );
     upstream.clear();
     let resp = request(sidecar.addr, "POST", "/healthz", &[], b"");
-    assert_refused(&sidecar, &upstream, &resp, 401, None, "bearer token is required");
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        401,
+        None,
+        "bearer token is required",
+    );
 }
 
 #[test]
@@ -203,7 +395,9 @@ fn keep_alive_and_chunked_streaming_pass_through() {
     let (_keys, upstream, sidecar) = setup(&[]);
     let token = good_token();
     let mut stream = TcpStream::connect(sidecar.addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     for i in 0..3 {
         let req = format!(
@@ -224,7 +418,9 @@ fn websocket_upgrade_is_proxied() {
     let (_keys, upstream, sidecar) = setup(&[]);
     let token = good_token();
     let mut stream = TcpStream::connect(sidecar.addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let req = format!(
         "GET /ws HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -245,7 +441,12 @@ fn dead_upstream_is_a_clear_502() {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let dead = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let sidecar = Sidecar::start(&keys.path, dead, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(sidecar.admin, "/startupz").status == 200));
+    assert!(eventually(Duration::from_secs(10), || get(
+        sidecar.admin,
+        "/startupz"
+    )
+    .status
+        == 200));
     let resp = get_with_token(sidecar.addr, "/", &good_token());
     assert_eq!(resp.status, 502);
     assert_eq!(resp.json()["error"], "bad_gateway");
@@ -265,10 +466,17 @@ fn curl_sees_the_same_answers() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
-    let out = std::process::Command::new("curl").args(["-s", "-D", "-", &url]).output().expect("curl");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", &url])
+        .output()
+        .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("www-authenticate: bearer realm=\"todos\""), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"todos\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -279,15 +487,38 @@ fn rfc7515_appendix_a1_vector_verifies_then_fails_on_expiry() {
     let keys = KeyDir::new(&[("jwks.json", jwks.as_bytes())]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(sidecar.admin, "/startupz").status == 200));
+    assert!(eventually(Duration::from_secs(10), || get(
+        sidecar.admin,
+        "/startupz"
+    )
+    .status
+        == 200));
     let token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     let resp = get_with_token(sidecar.addr, "/", token);
-    assert_refused(&sidecar, &upstream, &resp, 401, Some("invalid_token"), "token expired");
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        401,
+        Some("invalid_token"),
+        "token expired",
+    );
     // Change one signature character in the middle (the last one carries padding bits).
     let mut flipped = token.to_string();
     let at = flipped.len() - 10;
-    let replacement = if &flipped[at..at + 1] == "A" { "B" } else { "A" };
+    let replacement = if &flipped[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
     flipped.replace_range(at..at + 1, replacement);
     let resp = get_with_token(sidecar.addr, "/", &flipped);
-    assert_refused(&sidecar, &upstream, &resp, 401, Some("invalid_token"), "bad signature");
+    assert_refused(
+        &sidecar,
+        &upstream,
+        &resp,
+        401,
+        Some("invalid_token"),
+        "bad signature",
+    );
 }

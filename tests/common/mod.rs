@@ -27,7 +27,10 @@ pub const ISSUER: &str = "https://issuer.test";
 // ---------------------------------------------------------------- time, ports, eventually
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A free loopback port (bound then released).
@@ -51,7 +54,8 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("portcullis-test-{tag}-{}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("portcullis-test-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir
@@ -101,7 +105,11 @@ pub struct KeyDir {
 
 impl KeyDir {
     pub fn new(files: &[(&str, &[u8])]) -> Self {
-        let mut dir = Self { path: temp_dir("keys"), generation: 0, visible: Vec::new() };
+        let mut dir = Self {
+            path: temp_dir("keys"),
+            generation: 0,
+            visible: Vec::new(),
+        };
         dir.update(files);
         dir
     }
@@ -110,7 +118,10 @@ impl KeyDir {
     /// symlinks for new names, stale ones removed, the old payload directory deleted.
     pub fn update(&mut self, files: &[(&str, &[u8])]) {
         self.generation += 1;
-        let ts = format!("..2026_12_03_00_00_{:02}.{:09}", self.generation, self.generation);
+        let ts = format!(
+            "..2026_12_03_00_00_{:02}.{:09}",
+            self.generation, self.generation
+        );
         let payload = self.path.join(&ts);
         std::fs::create_dir(&payload).expect("payload dir");
         for (name, bytes) in files {
@@ -156,10 +167,16 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -204,8 +221,12 @@ fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
-        let Some(seen) = read_request(&mut reader) else { return };
-        let upgrade = seen.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+        let Some(seen) = read_request(&mut reader) else {
+            return;
+        };
+        let upgrade = seen
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         let slow = seen.target.starts_with("/slow");
         let body = format!("app saw {} {}", seen.method, seen.target);
         if let Ok(mut r) = record.lock() {
@@ -224,7 +245,10 @@ fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>) {
         if slow {
             thread::sleep(Duration::from_millis(1500));
         }
-        let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: yes\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: yes\r\n\r\n{body}",
+            body.len()
+        );
         if writer.write_all(resp.as_bytes()).is_err() {
             return;
         }
@@ -240,16 +264,28 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Seen> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let headers = read_headers(reader)?;
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let body = if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         read_chunked(reader)?
     } else {
-        let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).ok()?;
         body
     };
-    Some(Seen { method, target, headers, body })
+    Some(Seen {
+        method,
+        target,
+        headers,
+        body,
+    })
 }
 
 fn read_headers(reader: &mut impl BufRead) -> Option<Vec<(String, String)>> {
@@ -302,7 +338,9 @@ impl Sidecar {
     pub fn start(keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
         let sidecar = Self::spawn(keys, upstream, extra);
         assert!(
-            eventually(Duration::from_secs(15), || get(sidecar.admin, "/healthz").status == 200),
+            eventually(Duration::from_secs(15), || get(sidecar.admin, "/healthz")
+                .status
+                == 200),
             "sidecar did not come up; log:\n{}",
             sidecar.log_text()
         );
@@ -316,24 +354,37 @@ impl Sidecar {
         let log = temp_dir("log").join("stderr.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--identity", IDENTITY, "--issuer", ISSUER, "--log-format", "json"])
-            .args(["--log-level", "info,portcullis=debug"])
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .arg("--upstream")
-            .arg(upstream.to_string())
-            .arg("--keys-dir")
-            .arg(keys)
-            .args(["--rescan-interval", "1"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args([
+            "run",
+            "--identity",
+            IDENTITY,
+            "--issuer",
+            ISSUER,
+            "--log-format",
+            "json",
+        ])
+        .args(["--log-level", "info,portcullis=debug"])
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--upstream")
+        .arg(upstream.to_string())
+        .arg("--keys-dir")
+        .arg(keys)
+        .args(["--rescan-interval", "1"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
         let child = cmd.spawn().expect("spawn portcullis");
-        Self { child, addr, admin, log }
+        Self {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -346,7 +397,10 @@ impl Sidecar {
 
     /// Sends SIGTERM by PID.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 }
 
@@ -368,7 +422,9 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -379,9 +435,19 @@ impl Response {
 }
 
 /// Sends one request on a new connection; status 0 when the connection failed.
-pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return Response { status: 0, headers: BTreeMap::new(), body: Vec::new() };
+        return Response {
+            status: 0,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        };
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut raw = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
@@ -395,7 +461,11 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
     if stream.write_all(&bytes).is_err() {
-        return Response { status: 0, headers: BTreeMap::new(), body: Vec::new() };
+        return Response {
+            status: 0,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        };
     }
     read_response(&mut BufReader::new(stream))
 }
@@ -413,20 +483,35 @@ pub fn get_with_token(addr: SocketAddr, target: &str, token: &str) -> Response {
 pub fn read_response(reader: &mut impl BufRead) -> Response {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line).unwrap_or(0) == 0 {
-        return Response { status: 0, headers: BTreeMap::new(), body: Vec::new() };
+        return Response {
+            status: 0,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        };
     }
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers: BTreeMap<String, String> = read_headers(reader)
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
     let mut body = Vec::new();
-    if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         body.resize(len, 0);
         let _ = reader.read_exact(&mut body);
     } else if status != 101 && status != 204 && status != 304 {
         let _ = reader.read_to_end(&mut body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
