@@ -24,6 +24,8 @@ pub enum Rejection {
     NoKeys,
     /// The request head is larger than the configured limit.
     HeadTooLarge,
+    /// mTLS would be needed, and no usable client certificate was presented; says why.
+    NoClientCertificate(&'static str),
 }
 
 /// A complete refusal, ready to write.
@@ -44,6 +46,7 @@ impl Rejection {
             Self::Forbidden { .. } => "forbidden",
             Self::NoKeys => "no_keys",
             Self::HeadTooLarge => "head_too_large",
+            Self::NoClientCertificate(_) => "no_client_certificate",
         }
     }
 
@@ -66,6 +69,11 @@ impl Rejection {
                 status: 503,
                 www_authenticate: None,
                 body: body("temporarily_unavailable", "no verification keys are loaded"),
+            },
+            Self::NoClientCertificate(why) => Answer {
+                status: 401,
+                www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
+                body: body("unauthorized", why),
             },
             Self::HeadTooLarge => Answer {
                 status: 431,

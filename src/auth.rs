@@ -11,18 +11,22 @@ use pingora::http::RequestHeader;
 
 use crate::answer::Rejection;
 use crate::config::{IDENTITY_HEADERS, PublicPath};
+use crate::context::CONTEXT_HEADER;
 use crate::verify::TokenError;
 
 /// Every header whose name starts with this is reserved for portcullis.
 const RESERVED_PREFIX: &str = "x-auth-";
 
 /// Removes every identity header from an incoming request: the fixed ones, anything else under
-/// `x-auth-`, and the configured claim headers. Runs before anything else, public routes too.
+/// `x-auth-`, the context handle header, and the configured claim headers. Runs before anything else, public routes too.
 pub fn strip_identity_headers(req: &mut RequestHeader, claim_headers: &[HeaderName]) {
     let reserved: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX) || claim_headers.contains(name))
+        .filter(|name| {
+            let n = name.as_str();
+            n.starts_with(RESERVED_PREFIX) || n == CONTEXT_HEADER || claim_headers.contains(name)
+        })
         .cloned()
         .collect();
     for name in reserved {

@@ -130,6 +130,39 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", value_name = "SECONDS")]
     pub shutdown_timeout: Option<u64>,
 
+    /// How callers authenticate: `jwt`, `mtls`, `jwt+mtls` (both); a list means any of them
+    /// [default: jwt].
+    #[arg(long, env = "PORTCULLIS_AUTH", value_delimiter = ',')]
+    pub auth: Vec<String>,
+
+    /// PEM certificate chain of the inbound TLS listener (enables TLS).
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the inbound TLS listener.
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that sign client certificates.
+    #[arg(long, env = "PORTCULLIS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Client certificates: off, optional or required [default: optional with a client CA].
+    #[arg(long, env = "PORTCULLIS_TLS_CLIENT_AUTH", value_enum)]
+    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+
+    /// Which certificate name is a peer's identity: spiffe (URI SAN) or dns [default: spiffe].
+    #[arg(long, env = "PORTCULLIS_PEER_IDENTITY", value_enum)]
+    pub peer_identity: Option<crate::tls::PeerIdentityKind>,
+
+    /// Enable the outbound listener, at ADDR [default when given: 127.0.0.1:15001].
+    #[arg(long, env = "PORTCULLIS_EGRESS_LISTEN", value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:15001")]
+    pub egress_listen: Option<String>,
+
+    /// Lifetime of tokens minted for outbound calls, in seconds [default: 60].
+    #[arg(long, env = "PORTCULLIS_EGRESS_TOKEN_TTL", value_name = "SECONDS")]
+    pub egress_token_ttl: Option<u64>,
+
     /// Interval of the safety-net rescan of the keys directory, in seconds [default: 30].
     #[arg(long, env = "PORTCULLIS_RESCAN_INTERVAL", value_name = "SECONDS")]
     pub rescan_interval: Option<u64>,

@@ -15,6 +15,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use crate::cli::{LogFormat, RunArgs};
+use crate::egress::routes::{EgressFile, EgressSettings};
+use crate::tls::{ClientAuth, PeerIdentityKind, ServerTlsSettings};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
@@ -86,6 +88,45 @@ pub struct FileConfig {
     /// Claim name to header name, e.g. `email: x-auth-email`.
     #[serde(default)]
     pub claim_headers: BTreeMap<String, String>,
+    /// How callers authenticate: `jwt`, `mtls`, `jwt+mtls`; any entry suffices.
+    pub auth: Option<Vec<String>>,
+    pub tls: Option<TlsFile>,
+    pub egress: Option<EgressFile>,
+}
+
+/// `tls:` in the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: Option<ClientAuth>,
+    pub peer_identity: Option<PeerIdentityKind>,
+}
+
+/// One accepted way to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Jwt,
+    Mtls,
+    /// Both a valid token and a verified client certificate.
+    JwtAndMtls,
+}
+
+impl AuthMode {
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().replace(' ', "").as_str() {
+            "jwt" => Some(Self::Jwt),
+            "mtls" => Some(Self::Mtls),
+            "jwt+mtls" | "mtls+jwt" => Some(Self::JwtAndMtls),
+            _ => None,
+        }
+    }
+
+    pub fn needs_mtls(self) -> bool {
+        matches!(self, Self::Mtls | Self::JwtAndMtls)
+    }
 }
 
 impl FileConfig {
@@ -188,6 +229,10 @@ pub struct Settings {
     pub rescan_interval: Duration,
     /// (claim name, header name), in a stable order.
     pub claim_headers: Vec<(String, HeaderName)>,
+    /// Accepted ways to authenticate; a request passes when it satisfies any of them.
+    pub auth: Vec<AuthMode>,
+    pub tls: Option<ServerTlsSettings>,
+    pub egress: Option<EgressSettings>,
 }
 
 impl Settings {
@@ -294,6 +339,13 @@ impl Settings {
             ));
         }
 
+        let auth = auth_modes(if args.auth.is_empty() {
+            file.auth.unwrap_or_default()
+        } else {
+            args.auth.clone()
+        })?;
+        let tls = tls_settings(args, file.tls.unwrap_or_default(), &auth)?;
+
         Ok(Self {
             identity: identity.trim().to_string(),
             listen: addr(
@@ -349,6 +401,13 @@ impl Settings {
             ),
             rescan_interval: Duration::from_secs(rescan),
             claim_headers: claim_headers(file.claim_headers)?,
+            auth,
+            tls,
+            egress: EgressSettings::resolve(
+                file.egress,
+                args.egress_listen.clone(),
+                args.egress_token_ttl,
+            )?,
         })
     }
 }
@@ -362,6 +421,100 @@ fn addr(field: &str, value: Option<String>, default: &str) -> Result<SocketAddr,
             format!("write it like {default}"),
         )
     })
+}
+
+fn auth_modes(specs: Vec<String>) -> Result<Vec<AuthMode>, ConfigError> {
+    if specs.is_empty() {
+        return Ok(vec![AuthMode::Jwt]);
+    }
+    specs
+        .iter()
+        .map(|s| {
+            AuthMode::parse(s).ok_or_else(|| {
+                ConfigError::new(
+                    "--auth",
+                    format!("{s:?} is not an authentication mode"),
+                    "use jwt, mtls or jwt+mtls",
+                )
+            })
+        })
+        .collect()
+}
+
+fn tls_settings(
+    args: &RunArgs,
+    file: TlsFile,
+    auth: &[AuthMode],
+) -> Result<Option<ServerTlsSettings>, ConfigError> {
+    let cert = args.tls_cert.clone().or(file.cert_file);
+    let key = args.tls_key.clone().or(file.key_file);
+    let client_ca = args.tls_client_ca.clone().or(file.client_ca_file);
+    let needs_mtls = auth.iter().any(|m| m.needs_mtls());
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) if needs_mtls => {
+            return Err(ConfigError::new(
+                "--auth",
+                "mtls needs a TLS listener",
+                "set --tls-cert, --tls-key and --tls-client-ca",
+            ));
+        }
+        (None, None) if client_ca.is_some() => {
+            return Err(ConfigError::new(
+                "--tls-client-ca",
+                "needs --tls-cert and --tls-key",
+                "set both, or remove the client CA",
+            ));
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "--tls-key",
+                "a certificate without its key",
+                "set --tls-key (tls.key_file)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "--tls-cert",
+                "a key without its certificate",
+                "set --tls-cert (tls.cert_file)",
+            ));
+        }
+    };
+    let default_auth = if client_ca.is_some() {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::Off
+    };
+    let client_auth = args
+        .tls_client_auth
+        .or(file.client_auth)
+        .unwrap_or(default_auth);
+    if client_auth != ClientAuth::Off && client_ca.is_none() {
+        return Err(ConfigError::new(
+            "--tls-client-auth",
+            "client certificates need a CA to verify them",
+            "set --tls-client-ca",
+        ));
+    }
+    if needs_mtls && client_auth == ClientAuth::Off {
+        return Err(ConfigError::new(
+            "--tls-client-auth",
+            "is off but --auth needs mtls",
+            "set optional or required",
+        ));
+    }
+    Ok(Some(ServerTlsSettings {
+        cert_file: cert,
+        key_file: key,
+        client_ca_file: client_ca,
+        client_auth,
+        peer_identity: args
+            .peer_identity
+            .or(file.peer_identity)
+            .unwrap_or(PeerIdentityKind::Spiffe),
+    }))
 }
 
 fn claim_headers(map: BTreeMap<String, String>) -> Result<Vec<(String, HeaderName)>, ConfigError> {

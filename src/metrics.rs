@@ -15,7 +15,7 @@ use prometheus::{
 use crate::keys::KeyStore;
 
 /// Every reason a request can be decided with, for pre-resolving counters.
-pub const REASONS: [(&str, &str); 20] = [
+pub const REASONS: [(&str, &str); 21] = [
     ("allow", "verified"),
     ("allow", "public"),
     ("allow", "dry_run"),
@@ -36,6 +36,7 @@ pub const REASONS: [(&str, &str); 20] = [
     ("deny", "forbidden"),
     ("error", "no_keys"),
     ("deny", "head_too_large"),
+    ("deny", "no_client_certificate"),
 ];
 
 /// The registry and the handles the request path uses.

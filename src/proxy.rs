@@ -21,9 +21,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::answer::Rejection;
 use crate::auth;
-use crate::config::{PublicPath, Settings};
+use crate::config::{AuthMode, PublicPath, Settings};
+use crate::context::{CONTEXT_HEADER, Caller, ContextStore};
 use crate::keys::{KeyStore, now_unix};
 use crate::metrics::Metrics;
+use crate::tls::PeerIdentity;
 use crate::verify::{Verified, Verifier};
 
 /// Counts requests in flight so that shutdown can wait for them.
@@ -49,6 +51,8 @@ impl Drop for InFlightGuard {
 pub struct Ctx {
     start: Instant,
     reason: &'static str,
+    /// The context handle handed to the app, closed when the request ends.
+    context: Option<String>,
     _in_flight: InFlightGuard,
 }
 
@@ -64,9 +68,19 @@ pub struct Sidecar {
     claim_header_names: Vec<HeaderName>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    auth: Vec<AuthMode>,
     keys: Arc<KeyStore>,
     metrics: Arc<Metrics>,
     in_flight: Arc<InFlight>,
+    /// Present when the egress side runs: verified users get a context handle.
+    contexts: Option<Arc<ContextStore>>,
+}
+
+/// Who a request is from, once authenticated.
+struct Authenticated {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The token's subject, for on-behalf-of calls.
+    caller: Option<Caller>,
 }
 
 impl Sidecar {
@@ -75,6 +89,7 @@ impl Sidecar {
         keys: Arc<KeyStore>,
         metrics: Arc<Metrics>,
         in_flight: Arc<InFlight>,
+        contexts: Option<Arc<ContextStore>>,
     ) -> Self {
         Self {
             identity: settings.identity.clone(),
@@ -96,35 +111,100 @@ impl Sidecar {
                 .collect(),
             connect_timeout: settings.upstream_connect_timeout,
             idle_timeout: settings.upstream_idle_timeout,
+            auth: settings.auth.clone(),
             keys,
             metrics,
             in_flight,
+            contexts,
         }
     }
 
-    /// Authenticates the request; on success returns the headers to add.
-    fn authenticate(&self, session: &Session) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+    /// Authenticates the request by the configured modes; on success returns who called.
+    fn authenticate(&self, session: &Session) -> Result<Authenticated, Rejection> {
         let req = session.req_header();
         if head_size(req) > self.max_header_bytes {
             return Err(Rejection::HeadTooLarge);
         }
-        let keys = self.keys.current().ok_or(Rejection::NoKeys)?;
-        let token = auth::bearer_token(&req.headers, &req.uri)?;
+        let peer = peer_identity(session);
+        let token = match auth::bearer_token(&req.headers, &req.uri) {
+            Ok(token) => Some(token),
+            Err(Rejection::MissingCredentials) => None,
+            Err(other) => return Err(other),
+        };
+
+        // A presented token must be valid, even where a certificate alone would do.
+        let keys = match token {
+            Some(_) => Some(self.keys.current().ok_or(Rejection::NoKeys)?),
+            None => None,
+        };
         let now = now_unix();
-        let verified = self
-            .verifier
-            .verify(token, &keys, now)
-            .map_err(Rejection::InvalidToken)?;
-        verified.key.usage.record(now);
-        self.identity_headers(&verified)
+        let verified = match (token, keys.as_deref()) {
+            (Some(t), Some(k)) => Some(
+                self.verifier
+                    .verify(t, k, now)
+                    .map_err(Rejection::InvalidToken)?,
+            ),
+            _ => None,
+        };
+        let peer_id = match peer {
+            Some(PeerIdentity::Verified(id)) => Some(id.as_str()),
+            _ => None,
+        };
+        let satisfied = self.auth.iter().any(|mode| match mode {
+            AuthMode::Jwt => verified.is_some(),
+            AuthMode::Mtls => peer_id.is_some(),
+            AuthMode::JwtAndMtls => verified.is_some() && peer_id.is_some(),
+        });
+        if !satisfied {
+            return Err(self.missing(verified.is_some(), peer));
+        }
+
+        let mut who = Authenticated {
+            headers: Vec::with_capacity(6),
+            caller: None,
+        };
+        if let Some(id) = peer_id {
+            who.headers
+                .push((HeaderName::from_static("x-auth-peer"), header_value(id)?));
+        }
+        if let Some(v) = &verified {
+            v.key.usage.record(now);
+            self.identity_headers(v, &mut who.headers)?;
+            who.caller = v.claims.sub.as_ref().map(|sub| Caller {
+                subject: sub.clone(),
+                roles: v.claims.roles.clone(),
+            });
+        }
+        Ok(who)
+    }
+
+    /// What is missing when no mode was satisfied.
+    fn missing(&self, have_token: bool, peer: Option<&PeerIdentity>) -> Rejection {
+        let cert_would_help = self.auth.iter().any(|m| match m {
+            AuthMode::Mtls => true,
+            AuthMode::JwtAndMtls => have_token,
+            AuthMode::Jwt => false,
+        });
+        if !cert_would_help {
+            return Rejection::MissingCredentials;
+        }
+        match peer {
+            Some(PeerIdentity::Unusable(why)) => Rejection::NoClientCertificate(why),
+            _ if have_token => {
+                Rejection::NoClientCertificate("a verified client certificate is also required")
+            }
+            _ => Rejection::NoClientCertificate(
+                "a bearer token or a verified client certificate is required",
+            ),
+        }
     }
 
     /// The headers the app receives for a verified token.
     fn identity_headers(
         &self,
         v: &Verified<'_>,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
-        let mut out = Vec::with_capacity(5 + self.claim_headers.len());
+        out: &mut Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<(), Rejection> {
         if let Some(sub) = &v.claims.sub {
             out.push((
                 HeaderName::from_static("x-auth-subject"),
@@ -159,7 +239,7 @@ impl Sidecar {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn refuse(
@@ -201,6 +281,7 @@ impl ProxyHttp for Sidecar {
         Ctx {
             start: Instant::now(),
             reason: "",
+            context: None,
             _in_flight: InFlightGuard(self.in_flight.clone()),
         }
     }
@@ -216,14 +297,22 @@ impl ProxyHttp for Sidecar {
         }
 
         match self.authenticate(session) {
-            Ok(headers) => {
+            Ok(who) => {
+                let handle = match (&self.contexts, who.caller) {
+                    (Some(store), Some(caller)) => store.open(caller),
+                    _ => None,
+                };
                 let req = session.req_header_mut();
                 if !self.forward_token {
                     req.remove_header(&AUTHORIZATION);
                 }
-                for (name, value) in headers {
+                for (name, value) in who.headers {
                     req.insert_header(name, value)?;
                 }
+                if let Some(handle) = &handle {
+                    req.insert_header(CONTEXT_HEADER, handle.as_str())?;
+                }
+                ctx.context = handle;
                 ctx.reason = "verified";
                 Ok(false)
             }
@@ -274,6 +363,9 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let (Some(store), Some(handle)) = (&self.contexts, &ctx.context) {
+            store.close(handle);
+        }
         if !ctx.reason.is_empty() {
             self.metrics.decided(ctx.reason);
         }
@@ -317,6 +409,16 @@ fn header_value(s: &str) -> Result<HeaderValue, Rejection> {
             "a claim cannot be passed on as a header",
         ))
     })
+}
+
+/// The identity the TLS handshake attached to this connection, if any.
+fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<PeerIdentity>()
 }
 
 fn client(session: &Session) -> String {

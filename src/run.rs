@@ -12,11 +12,16 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::listening::Service;
 
+use pingora::listeners::tls::TlsSettings;
+
 use crate::admin::Admin;
 use crate::config::Settings;
+use crate::context::ContextStore;
+use crate::egress::{Egress, EgressSettings};
 use crate::keys::{self, KeyStore};
 use crate::metrics::Metrics;
 use crate::proxy::{InFlight, Sidecar};
+use crate::tls::{ServerTls, UpstreamTls};
 use crate::watch::{self, WatchOptions};
 
 /// Loads the keys once and keeps them fresh from the directory.
@@ -45,6 +50,11 @@ pub fn start_key_store(settings: &Settings) -> Arc<KeyStore> {
 pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server, Arc<InFlight>)> {
     let metrics = Metrics::new()?;
     let in_flight = Arc::new(InFlight::default());
+    let server_tls = start_server_tls(settings)?;
+    let contexts = settings
+        .egress
+        .as_ref()
+        .map(|e| Arc::new(ContextStore::new(e.context_grace)));
 
     let conf = ServerConf {
         threads: settings.threads,
@@ -56,11 +66,41 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let sidecar = Sidecar::new(settings, keys.clone(), metrics.clone(), in_flight.clone());
+    let sidecar = Sidecar::new(
+        settings,
+        keys.clone(),
+        metrics.clone(),
+        in_flight.clone(),
+        contexts.clone(),
+    );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, sidecar, "inbound");
-    proxy.add_tcp(&settings.listen.to_string());
+    let listen = settings.listen.to_string();
+    match &server_tls {
+        Some(tls) => {
+            let callbacks = Box::new(crate::tls::Callbacks(tls.clone()));
+            let tls_settings = TlsSettings::with_callbacks(callbacks)?;
+            proxy.add_tls_with_settings(&listen, None, tls_settings);
+        }
+        None => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
+
+    if let (Some(egress), Some(contexts)) = (&settings.egress, contexts) {
+        let route_tls = egress_tls(egress, server_tls.as_ref())?;
+        let outbound = Egress::new(
+            settings.identity.clone(),
+            egress.clone(),
+            route_tls,
+            keys.clone(),
+            contexts,
+        );
+        let mut service =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, outbound, "egress");
+        service.add_tcp(&egress.listen.to_string());
+        server.add_service(service);
+        tracing::info!(listen = %egress.listen, routes = egress.routes.len(), "egress listener enabled");
+    }
 
     let admin = Admin {
         keys,
@@ -72,6 +112,44 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
     admin.threads = Some(1);
     server.add_service(admin);
     Ok((server, in_flight))
+}
+
+/// Loads the inbound certificate (fatal if unusable at start) and keeps it fresh.
+fn start_server_tls(settings: &Settings) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let Some(tls) = &settings.tls else {
+        return Ok(None);
+    };
+    let loaded =
+        ServerTls::load(tls.clone()).map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+    loaded.watch(settings.rescan_interval);
+    tracing::info!(cert = %tls.cert_file.display(), client_auth = ?tls.client_auth, "tls enabled");
+    Ok(Some(loaded))
+}
+
+/// Per-route TLS: the CA bundle to trust and, where asked, this sidecar's own certificate.
+fn egress_tls(
+    egress: &EgressSettings,
+    own: Option<&Arc<ServerTls>>,
+) -> anyhow::Result<Vec<Option<UpstreamTls>>> {
+    egress
+        .routes
+        .iter()
+        .map(|route| {
+            let Some(tls) = &route.tls else { return Ok(None) };
+            let ca = crate::tls::read_certs(&tls.ca_file)
+                .map_err(|e| anyhow::anyhow!("egress route {:?}: tls.ca_file: {e}", route.name))?;
+            let client = match (tls.client_certificate, own) {
+                (true, Some(own)) => Some(own.clone()),
+                (true, None) => anyhow::bail!(
+                    "egress route {:?}: tls.client_certificate needs the sidecar's own certificate; \
+                     set --tls-cert and --tls-key, or client_certificate: false",
+                    route.name
+                ),
+                (false, _) => None,
+            };
+            Ok(Some(UpstreamTls { server_name: tls.server_name.clone(), ca: Arc::new(ca.into_boxed_slice()), client }))
+        })
+        .collect()
 }
 
 /// Runs the server until SIGTERM (graceful) or SIGINT (immediate). Never returns.
