@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -187,16 +189,26 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+/// Decides an upstream's answer: status and body.
+pub type Handler = Arc<dyn Fn(&Seen) -> (u16, String) + Send + Sync>;
+
 impl Upstream {
     pub fn start() -> Self {
+        Self::start_with(Arc::new(|seen: &Seen| {
+            (200, format!("app saw {} {}", seen.method, seen.target))
+        }))
+    }
+
+    /// An upstream whose answers come from `handler` (which may itself call other services).
+    pub fn start_with(handler: Handler) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let record = record.clone();
-                thread::spawn(move || serve_conn(stream, record));
+                let (record, handler) = (record.clone(), handler.clone());
+                thread::spawn(move || serve_conn(stream, record, handler));
             }
         });
         Self { addr, seen }
@@ -217,7 +229,7 @@ impl Upstream {
     }
 }
 
-fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>) {
+fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
@@ -228,7 +240,7 @@ fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>) {
             .header("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         let slow = seen.target.starts_with("/slow");
-        let body = format!("app saw {} {}", seen.method, seen.target);
+        let (status, body) = handler(&seen);
         if let Ok(mut r) = record.lock() {
             r.push(seen);
         }
@@ -246,7 +258,7 @@ fn serve_conn(stream: TcpStream, record: Arc<Mutex<Vec<Seen>>>) {
             thread::sleep(Duration::from_millis(1500));
         }
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: yes\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-app: yes\r\n\r\n{body}",
             body.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() {
@@ -336,7 +348,12 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the sidecar with the standard test identity and `extra` arguments.
     pub fn start(keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
-        let sidecar = Self::spawn(keys, upstream, extra);
+        Self::start_as(IDENTITY, keys, upstream, extra)
+    }
+
+    /// Starts a sidecar for `identity`, waiting until its admin listener answers.
+    pub fn start_as(identity: &str, keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
+        let sidecar = Self::spawn_as(identity, keys, upstream, extra);
         assert!(
             eventually(Duration::from_secs(15), || get(sidecar.admin, "/healthz")
                 .status
@@ -349,6 +366,10 @@ impl Sidecar {
 
     /// Starts without waiting.
     pub fn spawn(keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
+        Self::spawn_as(IDENTITY, keys, upstream, extra)
+    }
+
+    pub fn spawn_as(identity: &str, keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = temp_dir("log").join("stderr.log");
