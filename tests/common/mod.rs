@@ -378,7 +378,7 @@ impl Sidecar {
         cmd.args([
             "run",
             "--identity",
-            IDENTITY,
+            identity,
             "--issuer",
             ISSUER,
             "--log-format",
