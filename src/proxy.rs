@@ -276,6 +276,9 @@ impl Sidecar {
 impl ProxyHttp for Sidecar {
     type CTX = Ctx;
 
+    /// No downstream modules: the sidecar never compresses, and each module costs per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         self.in_flight.0.fetch_add(1, Ordering::AcqRel);
         Ctx {
@@ -377,7 +380,12 @@ impl ProxyHttp for Sidecar {
 
 /// Size of the request line and headers as received (approximately: names, values, separators).
 fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let target = req
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().len())
+        .unwrap_or(1);
+    let line = req.method.as_str().len() + target + 12;
     req.headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)

@@ -106,7 +106,6 @@ pub struct Claims {
     pub roles: Vec<String>,
     /// `act.sub` (RFC 8693): the service acting on the subject's behalf.
     pub actor: Option<String>,
-    pub jti: Option<String>,
 }
 
 impl Verifier {
@@ -199,7 +198,6 @@ impl Verifier {
             exp,
             roles,
             actor: raw.act.and_then(|a| a.sub).map(Cow::into_owned),
-            jti: raw.jti.map(Cow::into_owned),
         })
     }
 }
