@@ -55,15 +55,14 @@ impl Problem {
 
 /// The findings for every rule, in configuration order.
 pub(crate) fn lint(rules: &[Rule]) -> Vec<Finding> {
-    let findings = |rule: &Rule| {
-        let name = rule.name.clone();
-        let finding = move |problem| Finding {
-            rule: name.clone(),
-            problem,
-        };
-        problems(rule, rules).into_iter().map(finding)
-    };
-    rules.iter().flat_map(findings).collect()
+    let mut findings = Vec::new();
+    for rule in rules {
+        for problem in problems(rule, rules) {
+            let rule = rule.name.clone();
+            findings.push(Finding { rule, problem });
+        }
+    }
+    findings
 }
 
 fn problems(rule: &Rule, all: &[Rule]) -> Vec<Problem> {
@@ -82,20 +81,19 @@ fn problems(rule: &Rule, all: &[Rule]) -> Vec<Problem> {
 }
 
 fn unknown_methods(rule: &Rule) -> Vec<Problem> {
-    let fields = [
+    let mut found = Vec::new();
+    for (field, methods) in [
         ("methods", &rule.methods),
         ("not_methods", &rule.not_methods),
-    ];
-    let listed = fields.into_iter().flat_map(|(field, methods)| {
-        let methods = methods.iter().flatten();
-        methods.map(move |method| (field, method))
-    });
-    let unknown = listed.filter(|(_, method)| !STANDARD_METHODS.contains(&method.as_str()));
-    let problem = |(field, method): (_, &String)| Problem::UnknownMethod {
-        field,
-        method: method.clone(),
-    };
-    unknown.map(problem).collect()
+    ] {
+        for method in methods.iter().flatten() {
+            if !STANDARD_METHODS.contains(&method.as_str()) {
+                let method = method.clone();
+                found.push(Problem::UnknownMethod { field, method });
+            }
+        }
+    }
+    found
 }
 
 /// A rule whose `not_*` fields exclude everything its positive fields admit.
@@ -145,28 +143,27 @@ fn all_covered<T>(entries: &[T], by: &[T], covered: impl Fn(&T, &T) -> bool) -> 
 
 /// Whether every request `rule` matches is also matched by `other`.
 fn rule_is_covered_by(rule: &Rule, other: &Rule) -> bool {
-    let paths = paths_or_any(rule);
-    let path_covered = PathPattern::is_covered_by;
-    let principal_covered = PrincipalPattern::is_covered_by;
-
     methods_covered(rule, other)
-        && includes_hold(Some(&paths), other.paths.as_deref(), path_covered)
-        && excludes_hold(
-            rule.not_paths.as_deref(),
-            other.not_paths.as_deref(),
-            path_covered,
-        )
-        && includes_hold(
-            rule.principals.as_deref(),
-            other.principals.as_deref(),
-            principal_covered,
-        )
-        && excludes_hold(
-            rule.not_principals.as_deref(),
-            other.not_principals.as_deref(),
-            principal_covered,
-        )
+        && paths_covered(rule, other)
+        && principals_covered(rule, other)
         && claims_covered(rule, other)
+}
+
+fn paths_covered(rule: &Rule, other: &Rule) -> bool {
+    let covered = PathPattern::is_covered_by;
+    let (not_mine, not_theirs) = (rule.not_paths.as_deref(), other.not_paths.as_deref());
+    includes_hold(Some(&paths_or_any(rule)), other.paths.as_deref(), covered)
+        && excludes_hold(not_mine, not_theirs, covered)
+}
+
+fn principals_covered(rule: &Rule, other: &Rule) -> bool {
+    let covered = PrincipalPattern::is_covered_by;
+    let (mine, theirs) = (rule.principals.as_deref(), other.principals.as_deref());
+    let (not_mine, not_theirs) = (
+        rule.not_principals.as_deref(),
+        other.not_principals.as_deref(),
+    );
+    includes_hold(mine, theirs, covered) && excludes_hold(not_mine, not_theirs, covered)
 }
 
 /// `other`'s positive list admits everything `rule`'s does. An absent list on `other` admits
@@ -209,20 +206,16 @@ fn methods_covered(rule: &Rule, other: &Rule) -> bool {
     includes && (disjoint || excludes_hold(rule.not_methods.as_deref(), Some(their_not), same))
 }
 
-/// Each of `other`'s claim conditions is implied by one of `rule`'s, and each of its
-/// `not_claims` conditions is excluded by one of `rule`'s.
+/// Each of `other`'s claim conditions is implied by one of `rule`'s, and each claim value
+/// `other` excludes, `rule` excludes too.
 fn claims_covered(rule: &Rule, other: &Rule) -> bool {
-    let implied = |theirs: &ClaimCondition, mine: &Option<Vec<ClaimCondition>>, flip: bool| {
-        let covers = |m: &ClaimCondition| match flip {
-            false => m.is_covered_by(theirs),
-            true => theirs.is_covered_by(m),
-        };
-        mine.iter().flatten().any(covers)
-    };
-    let mut claims = other.claims.iter().flatten();
-    let mut not_claims = other.not_claims.iter().flatten();
-    claims.all(|c| implied(c, &rule.claims, false))
-        && not_claims.all(|c| implied(c, &rule.not_claims, true))
+    let mine = || rule.claims.iter().flatten();
+    let my_exclusions = || rule.not_claims.iter().flatten();
+
+    let mut required = other.claims.iter().flatten();
+    let mut excluded = other.not_claims.iter().flatten();
+    required.all(|theirs| mine().any(|m| m.is_covered_by(theirs)))
+        && excluded.all(|theirs| my_exclusions().any(|m| theirs.is_covered_by(m)))
 }
 
 #[cfg(test)]

@@ -99,9 +99,11 @@ impl Field<'_> {
         if list.is_empty() {
             return Err(self.error_empty_list());
         }
-        let entry = |text: &String| match text.is_empty() {
-            true => Err(self.error_empty_entry()),
-            false => compile(self, text),
+        let entry = |text: &String| {
+            if text.is_empty() {
+                return Err(self.error_empty_entry());
+            }
+            compile(self, text)
         };
         list.iter().map(entry).collect::<Result<_, _>>().map(Some)
     }

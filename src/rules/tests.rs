@@ -149,9 +149,8 @@ fn policy_reports_its_name_and_size() {
 
 #[test]
 fn duplicate_rule_names_are_refused() {
-    let err = compile_error(
-        "rules:\n- name: a\n  action: allow\n- name: b\n  action: deny\n- name: a\n  action: deny\n",
-    );
+    let rules = "- name: a\n  action: allow\n- name: b\n  action: deny\n";
+    let err = compile_error(&format!("rules:\n{rules}- name: a\n  action: deny\n"));
     let name = "a".to_owned();
     assert_eq!(
         err,
@@ -225,22 +224,41 @@ fn lower_case_method_cannot_evade_deny() {
 mod todo_story {
     use super::*;
 
+    /// The todos service lets reminder read, share act for its users, and admins do anything.
+    const TODOS_POLICY: &str = r#"
+        name: todos-policy
+        rules:
+          - name: reminder-reads
+            action: allow
+            principals: ["spiffe://cluster.local/ns/default/sa/reminder"]
+            methods: [GET, HEAD]
+            paths: ["/todos", "/todos/*"]
+          - name: share-on-behalf
+            action: allow
+            principals: ["spiffe://cluster.local/ns/default/sa/share"]
+          - name: admins
+            action: allow
+            claims: { roles: [admin] }
+    "#;
+
+    /// The reminder service takes calls from its namespace, but never from todos.
+    const REMINDER_POLICY: &str = r#"
+        name: reminder-policy
+        rules:
+          - name: not-from-todos
+            action: deny
+            principals: ["spiffe://cluster.local/ns/default/sa/todos"]
+          - name: in-namespace
+            action: allow
+            principals: ["spiffe://cluster.local/ns/default/*"]
+    "#;
+
     fn todos_sidecar() -> Policy {
-        policy(
-            "name: todos-policy\nrules:\n\
-             - name: reminder-reads\n  action: allow\n  principals: [spiffe://cluster.local/ns/default/sa/reminder]\n  \
-             methods: [GET, HEAD]\n  paths: [/todos, /todos/*]\n\
-             - name: share-on-behalf\n  action: allow\n  principals: [spiffe://cluster.local/ns/default/sa/share]\n\
-             - name: admins\n  action: allow\n  claims: { roles: [admin] }\n",
-        )
+        policy(TODOS_POLICY)
     }
 
     fn reminder_sidecar() -> Policy {
-        policy(
-            "name: reminder-policy\nrules:\n\
-             - name: not-from-todos\n  action: deny\n  principals: [spiffe://cluster.local/ns/default/sa/todos]\n\
-             - name: in-namespace\n  action: allow\n  principals: ['spiffe://cluster.local/ns/default/*']\n",
-        )
+        policy(REMINDER_POLICY)
     }
 
     #[test]
