@@ -349,24 +349,25 @@ mod todo_story {
 #[test]
 fn documented_example_compiles_and_decides() {
     let doc = include_str!("../../docs/rules.md");
-    let start = doc
-        .find("```yaml\n")
-        .map(|i| i + "```yaml\n".len())
-        .expect("fixture is valid");
-    let end = start + doc[start..].find("```").expect("fixture is valid");
+    let fence = "```yaml\n";
+    let start = doc.find(fence).expect("docs/rules.md has a yaml example") + fence.len();
+    let end = start
+        + doc[start..]
+            .find("```")
+            .expect("the yaml example is closed");
     #[derive(serde::Deserialize)]
     struct File {
         authorization: AuthorizationConfig,
     }
-    let file: File = serde_saphyr::from_str(&doc[start..end]).expect("fixture is valid");
-    let p = Policy::compile(&file.authorization).expect("fixture is valid");
+    let file: File = serde_saphyr::from_str(&doc[start..end]).expect("the example parses");
+    let p = Policy::compile(&file.authorization).expect("the example compiles");
+
     assert_eq!(p.name(), "todos-policy");
-    assert_eq!(
-        p.evaluate(&request("GET", "/todos/1", &[REMINDER])),
-        allowed_by("reminder-reads")
-    );
-    assert_eq!(
-        p.evaluate(&request("POST", "/todos", &[REMINDER])),
-        NO_ALLOW_MATCHED
-    );
+    assert_eq!(p.lint(), vec![]);
+    let read = request("GET", "/todos/1", &[REMINDER]);
+    assert_eq!(p.evaluate(&read), allowed_by("reminder-reads"));
+    let write = request("POST", "/todos", &[REMINDER]);
+    assert_eq!(p.evaluate(&write), NO_ALLOW_MATCHED);
+    let internal = request("GET", "/internal/x", &[SHARE]);
+    assert_eq!(p.evaluate(&internal), denied_by("no-internal"));
 }
