@@ -50,22 +50,28 @@ pub fn default_policy_name() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
+    /// Unique within the rule set; named in logs and metrics, never to the client.
     pub name: String,
     pub action: Action,
+    /// mTLS peer identities or token subjects: exact, `*`, `prefix*` or `*suffix`.
     #[serde(default, deserialize_with = "present_list")]
     pub principals: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present_list")]
     pub not_principals: Option<Vec<String>>,
+    /// HTTP methods, in any case.
     #[serde(default, deserialize_with = "present_list")]
     pub methods: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present_list")]
     pub not_methods: Option<Vec<String>>,
+    /// Path patterns in normal form: `/exact`, `/prefix/*`, `/glob/*/segment`, or `*`.
     #[serde(default, deserialize_with = "present_list")]
     pub paths: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present_list")]
     pub not_paths: Option<Vec<String>>,
+    /// Every listed claim must equal, or as an array contain, one of its values.
     #[serde(default, deserialize_with = "present_map")]
     pub claims: Option<ClaimsConfig>,
+    /// No listed claim may equal, or as an array contain, any of its values.
     #[serde(default, deserialize_with = "present_map")]
     pub not_claims: Option<ClaimsConfig>,
 }

@@ -66,7 +66,8 @@ fn is_normal(path: &str) -> bool {
     if path.contains('%') {
         return false;
     }
-    let mut segments = path[1..].split('/').peekable();
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         let is_last = segments.peek().is_none();
         let is_empty_inside = segment.is_empty() && !is_last;
@@ -135,7 +136,8 @@ fn is_unreserved(byte: u8) -> bool {
 fn resolve_dot_segments(path: &str) -> Result<String, PathError> {
     let mut kept: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
-    for segment in path[1..].split('/') {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    for segment in rest.split('/') {
         match segment {
             "" | "." => trailing_slash = true,
             ".." => {
@@ -257,7 +259,8 @@ fn split_segments(base: &str) -> Result<Vec<Segment>, PatternProblem> {
     if base.is_empty() {
         return Ok(Vec::new());
     }
-    base[1..].split('/').map(Segment::compile).collect()
+    let rest = base.strip_prefix('/').unwrap_or(base);
+    rest.split('/').map(Segment::compile).collect()
 }
 
 impl Segment {

@@ -10,6 +10,7 @@ use super::error::RuleError;
 use super::matchers::{ClaimCondition, PrincipalPattern, is_method_token, method_in};
 use super::path::PathPattern;
 
+/// A rule ready to match: the validated form of one [`RuleConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rule {
     pub(crate) name: String,
@@ -58,24 +59,24 @@ impl Rule {
         let all_claims = |conds: &[ClaimCondition]| conds.iter().all(|c| c.matches(req.claims));
         let any_claim = |conds: &[ClaimCondition]| conds.iter().any(|c| c.matches(req.claims));
 
-        required(&self.methods, method)
-            && excluded(&self.not_methods, method)
-            && required(&self.paths, path)
-            && excluded(&self.not_paths, path)
-            && required(&self.principals, principal)
-            && excluded(&self.not_principals, principal)
-            && required(&self.claims, all_claims)
-            && excluded(&self.not_claims, any_claim)
+        holds(&self.methods, method)
+            && holds_not(&self.not_methods, method)
+            && holds(&self.paths, path)
+            && holds_not(&self.not_paths, path)
+            && holds(&self.principals, principal)
+            && holds_not(&self.not_principals, principal)
+            && holds(&self.claims, all_claims)
+            && holds_not(&self.not_claims, any_claim)
     }
 }
 
 /// An absent field holds; a present one holds when `test` does.
-fn required<T>(field: &Option<Vec<T>>, test: impl Fn(&[T]) -> bool) -> bool {
+fn holds<T>(field: &Option<Vec<T>>, test: impl Fn(&[T]) -> bool) -> bool {
     field.as_deref().is_none_or(test)
 }
 
 /// An absent `not_*` field holds; a present one holds when `test` does not.
-fn excluded<T>(field: &Option<Vec<T>>, test: impl Fn(&[T]) -> bool) -> bool {
+fn holds_not<T>(field: &Option<Vec<T>>, test: impl Fn(&[T]) -> bool) -> bool {
     field.as_deref().is_none_or(|entries| !test(entries))
 }
 
