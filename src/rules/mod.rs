@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 pub use config::{Action, AuthorizationConfig, ClaimValue, ClaimsConfig, RuleConfig};
 pub use error::RuleError;
 pub use lint::{Finding, Problem};
-pub use path::{PathError, PatternProblem, normalize_path};
+pub use path::{PathError, PathPattern, PatternProblem, normalize_path};
 
 use error::is_valid_name;
 use rule::Rule;

@@ -160,8 +160,10 @@ fn resolve_dot_segments(path: &str) -> Result<String, PathError> {
 
 /// A compiled `paths` entry: `*` for any path, or `/`-separated segments of which `*` stands
 /// for exactly one non-empty segment, optionally ending in `/*` for "this prefix and below".
+///
+/// Public so that other path lists (public routes, say) can share the same matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PathPattern {
+pub struct PathPattern {
     segments: Vec<Segment>,
     /// Ends in `/*`: matches paths with at least one more segment, even an empty one.
     below: bool,
@@ -194,7 +196,7 @@ pub enum PatternProblem {
 
 impl PathPattern {
     /// Compiles one pattern; it must already be in the normal form requests are matched in.
-    pub(crate) fn compile(pattern: &str) -> Result<PathPattern, PatternProblem> {
+    pub fn compile(pattern: &str) -> Result<PathPattern, PatternProblem> {
         if pattern == "*" {
             return Ok(PathPattern::ANY);
         }
@@ -224,8 +226,8 @@ impl PathPattern {
         below: true,
     };
 
-    /// Whether a normalised path matches. Does not allocate.
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    /// Whether a path from [`normalize_path`] matches. Does not allocate.
+    pub fn matches(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };

@@ -133,6 +133,37 @@ fn dry_run_reports_would_deny_and_lets_through() {
 }
 
 #[test]
+fn dry_run_without_rules_allows() {
+    let p = policy("dry_run: true\n");
+    assert_eq!(
+        p.evaluate(&request("GET", "/", &[])),
+        Decision::Allow { rule: None }
+    );
+}
+
+#[test]
+fn not_paths_carve_an_exception_out_of_an_allow_rule() {
+    let p = policy("rules:\n- name: most\n  action: allow\n  not_paths: [/admin, /admin/*]\n");
+    assert_eq!(
+        p.evaluate(&request("GET", "/todos", &[])),
+        allowed_by("most")
+    );
+    assert_eq!(
+        p.evaluate(&request("GET", "/admin/x", &[])),
+        NO_ALLOW_MATCHED
+    );
+}
+
+#[test]
+fn mtls_only_caller_never_matches_a_claims_rule() {
+    let p = policy("rules:\n- name: admins\n  action: allow\n  claims: { roles: [admin] }\n");
+    assert_eq!(
+        p.evaluate(&request("GET", "/", &[REMINDER])),
+        NO_ALLOW_MATCHED
+    );
+}
+
+#[test]
 fn real_denial_is_not_allowed() {
     assert!(!NO_ALLOW_MATCHED.is_allowed());
     assert!(Decision::Allow { rule: None }.is_allowed());
