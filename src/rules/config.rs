@@ -39,7 +39,7 @@ impl Default for AuthorizationConfig {
 }
 
 /// The name a rule set has when the configuration gives none.
-pub fn default_policy_name() -> String {
+pub(crate) fn default_policy_name() -> String {
     "default".to_owned()
 }
 
