@@ -34,6 +34,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;
+pub mod rules;
 pub mod run;
 pub mod telemetry;
 pub mod tls;
