@@ -24,6 +24,8 @@ pub enum Rejection {
     NoKeys,
     /// The request head is larger than the configured limit.
     HeadTooLarge,
+    /// The path has no safe normal form (`..` above the root, `%2F`, broken escapes).
+    BadPath,
     /// mTLS would be needed, and no usable client certificate was presented; says why.
     NoClientCertificate(&'static str),
 }
@@ -46,6 +48,7 @@ impl Rejection {
             Self::Forbidden { .. } => "forbidden",
             Self::NoKeys => "no_keys",
             Self::HeadTooLarge => "head_too_large",
+            Self::BadPath => "bad_path",
             Self::NoClientCertificate(_) => "no_client_certificate",
         }
     }
@@ -74,6 +77,14 @@ impl Rejection {
                 status: 401,
                 www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
                 body: body("unauthorized", why),
+            },
+            Self::BadPath => Answer {
+                status: 400,
+                www_authenticate: None,
+                body: body(
+                    "invalid_path",
+                    "the request path cannot be normalised safely",
+                ),
             },
             Self::HeadTooLarge => Answer {
                 status: 431,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::egress::routes::{EgressFile, EgressSettings};
+use crate::rules::{AuthorizationConfig, Policy};
 use crate::tls::{ClientAuth, PeerIdentityKind, ServerTlsSettings};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -92,6 +93,8 @@ pub struct FileConfig {
     pub auth: Option<Vec<String>>,
     pub tls: Option<TlsFile>,
     pub egress: Option<EgressFile>,
+    /// Authorization rules (see docs/rules.md).
+    pub authorization: Option<AuthorizationConfig>,
 }
 
 /// `tls:` in the YAML file.
@@ -233,6 +236,8 @@ pub struct Settings {
     pub auth: Vec<AuthMode>,
     pub tls: Option<ServerTlsSettings>,
     pub egress: Option<EgressSettings>,
+    /// Compiled authorization rules; empty means any authenticated caller passes.
+    pub policy: Policy,
 }
 
 impl Settings {
@@ -345,6 +350,16 @@ impl Settings {
             args.auth.clone()
         })?;
         let tls = tls_settings(args, file.tls.unwrap_or_default(), &auth)?;
+        let policy = match &file.authorization {
+            Some(cfg) => Policy::compile(cfg).map_err(|e| {
+                ConfigError::new(
+                    "authorization",
+                    e.to_string(),
+                    "correct the rule; docs/rules.md lists every field",
+                )
+            })?,
+            None => Policy::default(),
+        };
 
         Ok(Self {
             identity: identity.trim().to_string(),
@@ -408,6 +423,7 @@ impl Settings {
                 args.egress_listen.clone(),
                 args.egress_token_ttl,
             )?,
+            policy,
         })
     }
 }

@@ -15,7 +15,7 @@ use prometheus::{
 use crate::keys::KeyStore;
 
 /// Every reason a request can be decided with, for pre-resolving counters.
-pub const REASONS: [(&str, &str); 21] = [
+pub const REASONS: [(&str, &str); 22] = [
     ("allow", "verified"),
     ("allow", "public"),
     ("allow", "dry_run"),
@@ -37,6 +37,7 @@ pub const REASONS: [(&str, &str); 21] = [
     ("error", "no_keys"),
     ("deny", "head_too_large"),
     ("deny", "no_client_certificate"),
+    ("deny", "bad_path"),
 ];
 
 /// The registry and the handles the request path uses.
@@ -49,6 +50,7 @@ pub struct Metrics {
     reload_failures: IntCounter,
     key_verifications: IntCounterVec,
     key_last_used: IntGaugeVec,
+    policy_denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +101,14 @@ impl Metrics {
         registry.register(Box::new(reload_failures.clone()))?;
         registry.register(Box::new(key_verifications.clone()))?;
         registry.register(Box::new(key_last_used.clone()))?;
+        let policy_denials = IntCounterVec::new(
+            Opts::new(
+                "portcullis_policy_denials_total",
+                "Requests the rules denied (or would deny, in a dry run)",
+            ),
+            &["rule", "dry_run"],
+        )?;
+        registry.register(Box::new(policy_denials.clone()))?;
 
         let decisions = REASONS
             .iter()
@@ -118,6 +128,7 @@ impl Metrics {
             reload_failures,
             key_verifications,
             key_last_used,
+            policy_denials,
         }))
     }
 
@@ -126,6 +137,13 @@ impl Metrics {
         if let Some(counter) = self.decisions.get(reason) {
             counter.inc();
         }
+    }
+
+    /// Counts a policy denial by the rule (or "no allow rule matched") that caused it.
+    pub fn policy_denied(&self, rule: &str, dry_run: bool) {
+        self.policy_denials
+            .with_label_values(&[rule, if dry_run { "true" } else { "false" }])
+            .inc();
     }
 
     /// Prometheus text exposition, after copying the key store's own counters in.

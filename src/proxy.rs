@@ -25,6 +25,7 @@ use crate::config::{AuthMode, PublicPath, Settings};
 use crate::context::{CONTEXT_HEADER, Caller, ContextStore};
 use crate::keys::{KeyStore, now_unix};
 use crate::metrics::Metrics;
+use crate::rules::{Policy, RequestFacts, normalize_path};
 use crate::tls::PeerIdentity;
 use crate::verify::{Verified, Verifier};
 
@@ -69,6 +70,7 @@ pub struct Sidecar {
     connect_timeout: Duration,
     idle_timeout: Duration,
     auth: Vec<AuthMode>,
+    policy: Policy,
     keys: Arc<KeyStore>,
     metrics: Arc<Metrics>,
     in_flight: Arc<InFlight>,
@@ -81,6 +83,10 @@ struct Authenticated {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The token's subject, for on-behalf-of calls.
     caller: Option<Caller>,
+    /// The mTLS peer identity and the token subject: what rules call principals.
+    principals: Vec<String>,
+    /// The verified claim set, parsed only when the rules need it.
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Sidecar {
@@ -112,6 +118,7 @@ impl Sidecar {
             connect_timeout: settings.upstream_connect_timeout,
             idle_timeout: settings.upstream_idle_timeout,
             auth: settings.auth.clone(),
+            policy: settings.policy.clone(),
             keys,
             metrics,
             in_flight,
@@ -162,6 +169,8 @@ impl Sidecar {
         let mut who = Authenticated {
             headers: Vec::with_capacity(6),
             caller: None,
+            principals: Vec::new(),
+            claims: None,
         };
         if let Some(id) = peer_id {
             who.headers
@@ -175,7 +184,50 @@ impl Sidecar {
                 roles: v.claims.roles.clone(),
             });
         }
+        if !self.policy.is_empty() {
+            who.principals.extend(peer_id.map(str::to_string));
+            who.principals
+                .extend(verified.as_ref().and_then(|v| v.claims.sub.clone()));
+            who.claims = verified.as_ref().map(Verified::claims_map);
+        }
         Ok(who)
+    }
+
+    /// Applies the rules to an authenticated request; a dry run only logs and counts.
+    fn authorize(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        who: &Authenticated,
+    ) -> Result<(), Rejection> {
+        if self.policy.is_empty() {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let principals: Vec<&str> = who.principals.iter().map(String::as_str).collect();
+        let facts = RequestFacts {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            principals: &principals,
+            claims: who.claims.as_ref(),
+        };
+        let decision = self.policy.evaluate(&facts);
+        let Some(denial) = decision.denial() else {
+            return Ok(());
+        };
+        let rule = denial.to_string();
+        let dry_run = decision.is_allowed();
+        self.metrics.policy_denied(&rule, dry_run);
+        if dry_run {
+            tracing::info!(policy = self.policy.name(), %rule, reason = denial.reason_code(),
+                method = %req.method, path = %req.uri.path(), "request would be denied (dry run)");
+            ctx.reason = "dry_run";
+            return Ok(());
+        }
+        tracing::info!(policy = self.policy.name(), %rule, reason = denial.reason_code(), "policy denial");
+        Err(Rejection::Forbidden {
+            policy: self.policy.name().to_string(),
+        })
     }
 
     /// What is missing when no mode was satisfied.
@@ -293,34 +345,45 @@ impl ProxyHttp for Sidecar {
         // Step 1, always first: nothing a caller sends can pass for an identity header.
         auth::strip_identity_headers(session.req_header_mut(), &self.claim_header_names);
 
+        // Step 2: one safe normal form of the path for public routes, rules and the app alike.
+        if let Err(error) = normalize_request_path(session.req_header_mut()) {
+            tracing::info!(%error, "request path refused");
+            return self.refuse(session, ctx, Rejection::BadPath).await;
+        }
         let req = session.req_header();
         if auth::is_public(&self.public_paths, req.method.as_str(), &req.uri) {
             ctx.reason = "public";
             return Ok(false);
         }
 
-        match self.authenticate(session) {
-            Ok(who) => {
-                let handle = match (&self.contexts, who.caller) {
-                    (Some(store), Some(caller)) => store.open(caller),
-                    _ => None,
-                };
-                let req = session.req_header_mut();
-                if !self.forward_token {
-                    req.remove_header(&AUTHORIZATION);
-                }
-                for (name, value) in who.headers {
-                    req.insert_header(name, value)?;
-                }
-                if let Some(handle) = &handle {
-                    req.insert_header(CONTEXT_HEADER, handle.as_str())?;
-                }
-                ctx.context = handle;
-                ctx.reason = "verified";
-                Ok(false)
-            }
-            Err(rejection) => self.refuse(session, ctx, rejection).await,
+        let who = match self.authenticate(session) {
+            Ok(who) => who,
+            Err(rejection) => return self.refuse(session, ctx, rejection).await,
+        };
+        if let Err(rejection) = self.authorize(session, ctx, &who) {
+            return self.refuse(session, ctx, rejection).await;
         }
+
+        // Step 6: hand the app the verified caller.
+        let handle = match (&self.contexts, who.caller) {
+            (Some(store), Some(caller)) => store.open(caller),
+            _ => None,
+        };
+        let req = session.req_header_mut();
+        if !self.forward_token {
+            req.remove_header(&AUTHORIZATION);
+        }
+        for (name, value) in who.headers {
+            req.insert_header(name, value)?;
+        }
+        if let Some(handle) = &handle {
+            req.insert_header(CONTEXT_HEADER, handle.as_str())?;
+        }
+        ctx.context = handle;
+        if ctx.reason.is_empty() {
+            ctx.reason = "verified";
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -417,6 +480,24 @@ fn header_value(s: &str) -> Result<HeaderValue, Rejection> {
             "a claim cannot be passed on as a header",
         ))
     })
+}
+
+/// Rewrites the request path to its normal form (query kept); errors if it has none.
+fn normalize_request_path(
+    req: &mut RequestHeader,
+) -> std::result::Result<(), crate::rules::PathError> {
+    let normal = match normalize_path(req.uri.path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    if let Ok(uri) = target.parse() {
+        req.set_uri(uri);
+    }
+    Ok(())
 }
 
 /// The identity the TLS handshake attached to this connection, if any.

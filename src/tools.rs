@@ -183,5 +183,27 @@ pub fn check_command(args: &RunArgs) -> Result<(), String> {
             public.join(", ")
         }
     );
+    if !settings.policy.is_empty() {
+        println!(
+            "  authorization: policy {:?}, {} rules{}",
+            settings.policy.name(),
+            settings.policy.rule_count(),
+            if settings.policy.is_dry_run() {
+                ", dry run"
+            } else {
+                ""
+            }
+        );
+    }
+    let findings = settings.policy.lint();
+    for finding in &findings {
+        println!("  warning: {finding}");
+    }
+    if findings.iter().any(|f| f.problem.never_applies()) {
+        return Err(
+            "authorization: some rules can never take effect (listed above); fix or remove them"
+                .into(),
+        );
+    }
     Ok(())
 }

@@ -312,8 +312,6 @@ struct RawClaims<'a> {
     roles: Option<Strings<'a>>,
     #[serde(borrow, default)]
     act: Option<Actor<'a>>,
-    #[serde(borrow, default)]
-    jti: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
