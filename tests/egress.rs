@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,17 +13,8 @@ use common::certs;
 use common::*;
 use serde_json::json;
 
-/// Sends a request to the egress listener with `Host: host` and optional extra headers.
 fn call(egress: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut stream = TcpStream::connect(egress).expect("connect egress");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut raw = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    raw.push_str("\r\n");
-    stream.write_all(raw.as_bytes()).expect("write");
-    read_response(&mut BufReader::new(stream))
+    call_egress(egress, "GET", host, path, headers)
 }
 
 fn claims_seen(seen: &Seen) -> serde_json::Value {

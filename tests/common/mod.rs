@@ -333,8 +333,47 @@ fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
 
 // ---------------------------------------------------------------- the real binary
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_portcullis")
+/// The portcullis binary: cargo's path in tests; beside the example's directory otherwise.
+pub fn bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_portcullis") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("portcullis")
+}
+
+/// Calls an egress listener with `Host: host`.
+pub fn call_egress(
+    egress: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let Ok(mut stream) = TcpStream::connect(egress) else {
+        return Response {
+            status: 0,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        };
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: 0\r\n"
+    );
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    if stream.write_all(raw.as_bytes()).is_err() {
+        return Response {
+            status: 0,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        };
+    }
+    read_response(&mut BufReader::new(stream))
 }
 
 /// A running `portcullis run`, killed by PID when dropped. Its stderr goes to `log`.
@@ -371,6 +410,35 @@ impl Sidecar {
 
     pub fn spawn_as(identity: &str, keys: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::spawn_at(identity, addr, keys, upstream, extra)
+    }
+
+    /// Starts a sidecar for `identity` listening on `addr`, waiting for its admin listener.
+    pub fn start_at(
+        identity: &str,
+        addr: SocketAddr,
+        keys: &Path,
+        upstream: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let sidecar = Self::spawn_at(identity, addr, keys, upstream, extra);
+        assert!(
+            eventually(Duration::from_secs(15), || get(sidecar.admin, "/healthz")
+                .status
+                == 200),
+            "sidecar did not come up; log:\n{}",
+            sidecar.log_text()
+        );
+        sidecar
+    }
+
+    pub fn spawn_at(
+        identity: &str,
+        addr: SocketAddr,
+        keys: &Path,
+        upstream: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = temp_dir("log").join("stderr.log");
         let stderr = std::fs::File::create(&log).expect("log file");
