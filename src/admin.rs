@@ -17,6 +17,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// How long `/readyz` waits for the app to accept a connection.
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -25,6 +26,7 @@ pub struct Admin {
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub upstream: SocketAddr,
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Admin {
@@ -62,7 +64,7 @@ impl ServeHttp for Admin {
             "/startupz" => verdict(vec![self.keys_status()]),
             "/readyz" => verdict(vec![self.keys_status(), self.upstream_status().await]),
             "/metrics" => {
-                let body = self.metrics.render(&self.keys);
+                let body = self.metrics.render(&self.keys, self.tls.as_deref());
                 respond(200, "text/plain; version=0.0.4", body)
             }
             _ => text(

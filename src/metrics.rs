@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::keys::KeyStore;
+use crate::tls::ServerTls;
 
 /// Every reason a request can be decided with, for pre-resolving counters.
 pub const REASONS: [(&str, &str); 22] = [
@@ -51,6 +52,8 @@ pub struct Metrics {
     key_verifications: IntCounterVec,
     key_last_used: IntGaugeVec,
     policy_denials: IntCounterVec,
+    tls_reloads: IntCounter,
+    tls_reload_failures: IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +112,16 @@ impl Metrics {
             &["rule", "dry_run"],
         )?;
         registry.register(Box::new(policy_denials.clone()))?;
+        let tls_reloads = IntCounter::new(
+            "portcullis_tls_reloads_total",
+            "TLS certificate updates swapped in",
+        )?;
+        let tls_reload_failures = IntCounter::new(
+            "portcullis_tls_reload_failures_total",
+            "TLS certificate updates refused (the old certificate kept serving)",
+        )?;
+        registry.register(Box::new(tls_reloads.clone()))?;
+        registry.register(Box::new(tls_reload_failures.clone()))?;
 
         let decisions = REASONS
             .iter()
@@ -129,6 +142,8 @@ impl Metrics {
             key_verifications,
             key_last_used,
             policy_denials,
+            tls_reloads,
+            tls_reload_failures,
         }))
     }
 
@@ -147,8 +162,13 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, after copying the key store's own counters in.
-    pub fn render(&self, keys: &KeyStore) -> Vec<u8> {
+    pub fn render(&self, keys: &KeyStore, tls: Option<&ServerTls>) -> Vec<u8> {
         self.sync_keys(keys);
+        if let Some(tls) = tls {
+            use std::sync::atomic::Ordering::Relaxed;
+            catch_up(&self.tls_reloads, tls.reloads.load(Relaxed));
+            catch_up(&self.tls_reload_failures, tls.reload_failures.load(Relaxed));
+        }
         let mut out = Vec::new();
         let families = self.registry.gather();
         if let Err(error) = TextEncoder::new().encode(&families, &mut out) {

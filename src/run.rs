@@ -106,6 +106,7 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
         keys,
         metrics,
         upstream: settings.upstream,
+        tls: server_tls.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin);
     admin.add_tcp(&settings.admin_listen.to_string());
