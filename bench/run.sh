@@ -16,13 +16,13 @@
 #   WARMUP [2]        seconds of unmeasured load per target before the first round
 #   CONNS [32]        wrk connections (one wrk thread)
 #   RATE [2000]       fixed-rate pass, requests/s on one keep-alive connection (0 = skip it)
-#   PIN [one]         one: load generator + servers all on the last CPU; split: load generator
-#                     on CPU 0, servers on the last CPU; none: no pinning
+#   PINNING [shared]  shared: load generator + servers all on the last CPU; split: load
+#                     generator on CPU 0, servers on the last CPU; off: no pinning
 #   BASE_PORT [19180] ports BASE..BASE+5 on 127.0.0.1
-#   STEAL_MAX [20]    a run that lost more than this % of the pinned CPU to hypervisor steal is
-#   RETRIES [1]       set aside and run again, at most RETRIES times
-#   QUIET_MAX [10]    before each round wait until the machine is at most this % busy ...
-#   QUIET_WAIT [30]   ... but no longer than this many seconds (then the run is flagged noisy)
+#   MAX_STEAL [20]    a run that lost more than this % of the pinned CPU to hypervisor steal is
+#   STEAL_RETRIES [1]       set aside and run again, at most STEAL_RETRIES times
+#   BUSY_MAX [10]    before each round wait until the machine is at most this % busy ...
+#   BUSY_WAIT [20]   ... but no longer than this many seconds (then the run is flagged noisy)
 #   STOP_GRACE [3]    seconds between SIGTERM and SIGKILL when stopping the servers
 #   PORTCULLIS_BIN [<repo>/target/release/portcullis]   binary under test
 #   PORTCULLIS_ARGS   extra arguments for `portcullis run` (split on whitespace)
@@ -40,12 +40,12 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-32}
 RATE=${RATE:-2000}
-PIN=${PIN:-one}
+PINNING=${PINNING:-shared}
 BASE_PORT=${BASE_PORT:-19180}
-STEAL_MAX=${STEAL_MAX:-20}
-RETRIES=${RETRIES:-1}
-QUIET_MAX=${QUIET_MAX:-10}
-QUIET_WAIT=${QUIET_WAIT:-30}
+MAX_STEAL=${MAX_STEAL:-20}
+STEAL_RETRIES=${STEAL_RETRIES:-1}
+BUSY_MAX=${BUSY_MAX:-10}
+BUSY_WAIT=${BUSY_WAIT:-20}
 STOP_GRACE=${STOP_GRACE:-3}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$REPO_DIR/target/release/portcullis}
 PORTCULLIS_ARGS=${PORTCULLIS_ARGS:-}
@@ -60,11 +60,11 @@ KID=bench-key-1
 SUBJECT=0b6d3f6e-9c1a-4f7e-8a52-3d2b1c0e9f47
 LOOP=127.0.0.1
 
-for v in REPS DURATION WARMUP CONNS RATE BASE_PORT STEAL_MAX RETRIES QUIET_MAX QUIET_WAIT STOP_GRACE PORTCULLIS_WAIT; do
+for v in REPS DURATION WARMUP CONNS RATE BASE_PORT MAX_STEAL STEAL_RETRIES BUSY_MAX BUSY_WAIT STOP_GRACE PORTCULLIS_WAIT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "run.sh: $v must be a whole number (got '${!v}')" >&2; exit 2; }
 done
 ((REPS >= 1 && DURATION >= 1 && CONNS >= 1)) || { echo "run.sh: REPS, DURATION and CONNS must be >= 1" >&2; exit 2; }
-case $PIN in one | split | none) ;; *) echo "run.sh: PIN must be one, split or none" >&2; exit 2 ;; esac
+case $PINNING in shared | split | off) ;; *) echo "run.sh: PINNING must be shared, split or off" >&2; exit 2 ;; esac
 
 P_UPSTREAM=$BASE_PORT
 P_NGINX=$((BASE_PORT + 1))
@@ -84,6 +84,7 @@ fail() { note "ABORT: $*"; exit 1; }
 # ------------------------------------------------------------------------------------------
 declare -a OWN=()             # "name pid starttime", in start order
 declare -A PIDS_OF=()         # server name -> its PIDs (main process first, then its children)
+declare -A START_OF=()        # server name -> start time of its main process
 
 starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; set -- $s; echo "${20}"; }
 alive() { # alive <pid> <starttime>: running, not a zombie, and still the process we started
@@ -106,7 +107,15 @@ stop_all() {
     read -r n p t <<<"$e"
     if alive "$p" "$t"; then note "  $n (pid $p) still up after SIGTERM: SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
   done
-  for e in "${OWN[@]}"; do read -r n p t <<<"$e"; wait "$p" 2>/dev/null || true; done
+  local codes="" rc
+  for e in "${OWN[@]}"; do
+    read -r n p t <<<"$e"
+    [[ $n == *-child ]] && continue   # not our child: nothing to reap
+    rc=0; wait "$p" 2>/dev/null || rc=$?
+    codes+=" $n=$rc"
+  done
+  note "exit statuses (0 = clean exit, 143 = killed by SIGTERM, 137 = needed SIGKILL):$codes"
+  echo "exit statuses:$codes" >>"$OUT/logs/stop.log"
   OWN=()
 }
 
@@ -114,6 +123,7 @@ on_exit() {
   local rc=$?
   trap - EXIT INT TERM ERR
   set +e
+  if [[ -n ${LG_PID:-} ]]; then kill -TERM "$LG_PID" 2>/dev/null; wait "$LG_PID" 2>/dev/null; fi  # timeout passes it on to the load generator
   stop_all
   [[ -n ${POLICY_MADE:-} ]] && rm -f /usr/sbin/policy-rc.d
   ((rc == 0)) || note "exit status $rc; whatever was written so far is in $OUT"
@@ -153,6 +163,7 @@ install_missing() {
   if [[ -n ${POLICY_MADE:-} ]]; then rm -f /usr/sbin/policy-rc.d; POLICY_MADE=; fi
 }
 
+if [[ -e $OUT ]] && [[ -n $(ls -A "$OUT" 2>/dev/null) ]]; then echo "run.sh: $OUT already exists and is not empty; choose another OUT" >&2; exit 2; fi
 mkdir -p "$OUT"/{conf,logs,raw,tokens,tmp}
 cd "$OUT"  # nothing below writes into the repository
 install_missing
@@ -206,13 +217,13 @@ done
 
 NCPU=$(nproc)
 SRV_CPU=$((NCPU - 1))
-case $PIN in
-  one) LG_CPU=$SRV_CPU ;;
-  split) LG_CPU=0; ((NCPU >= 2)) || { PIN=one; LG_CPU=$SRV_CPU; } ;;
-  none) LG_CPU= ;;
+case $PINNING in
+  shared) LG_CPU=$SRV_CPU ;;
+  split) LG_CPU=0; ((NCPU >= 2)) || { PINNING=shared; LG_CPU=$SRV_CPU; } ;;
+  off) LG_CPU= ;;
 esac
 SRV_PIN=(); LG_PIN=(); PIN_DESC="no pinning"
-if [[ $PIN != none ]]; then
+if [[ $PINNING != off ]]; then
   SRV_PIN=(taskset -c "$SRV_CPU"); LG_PIN=(taskset -c "$LG_CPU")
   PIN_DESC="servers on CPU $SRV_CPU, load generator on CPU $LG_CPU"
 fi
@@ -381,7 +392,7 @@ T_AT_START=$(date +%s)
   else
     echo "portcullis: not measured"
   fi
-  echo "knobs: REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE PIN=$PIN ($PIN_DESC) STEAL_MAX=$STEAL_MAX RETRIES=$RETRIES QUIET_MAX=$QUIET_MAX QUIET_WAIT=$QUIET_WAIT"
+  echo "knobs: REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE PINNING=$PINNING ($PIN_DESC) MAX_STEAL=$MAX_STEAL STEAL_RETRIES=$STEAL_RETRIES BUSY_MAX=$BUSY_MAX BUSY_WAIT=$BUSY_WAIT"
   echo "tokens: $(cat "$OUT/tokens/lengths.json")"
 } >"$OUT/machine.txt"
 printf 'target\tserver\tport\ttoken\tdescription\n' >"$OUT/targets.tsv"
@@ -394,7 +405,7 @@ note "run directory $OUT"
 # Start the servers
 # ------------------------------------------------------------------------------------------
 code_of() { # code_of <url> [curl args]: HTTP status, 000 if nothing answered
-  timeout 5 curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true
+  timeout 5 curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true
 }
 
 spawn() { # spawn <name> <command...>: start in the foreground of a background job, pinned
@@ -405,12 +416,14 @@ spawn() { # spawn <name> <command...>: start in the foreground of a background j
   [[ -n ${st:-} ]] || fail "$name exited at once (see $OUT/logs/$name.log)"
   OWN+=("$name $pid $st")
   PIDS_OF[$name]=$pid
+  START_OF[$name]=$st
 }
+up() { alive "${PIDS_OF[$1]}" "${START_OF[$1]}"; } # up <name>
 
 await_port() { # await_port <name> <port> <seconds>
-  local name=$1 port=$2 n=$(($3 * 10)) pid=${PIDS_OF[$1]}
+  local name=$1 port=$2 n=$(($3 * 10))
   while ((n-- > 0)); do
-    [[ -e /proc/$pid ]] || fail "$name exited during start-up (see $OUT/logs/$name.log)"
+    up "$name" || fail "$name exited during start-up (see $OUT/logs/$name.log)"
     [[ $(code_of "http://$LOOP:$port/") != 000 ]] && return 0
     sleep 0.1
   done
@@ -419,7 +432,7 @@ await_port() { # await_port <name> <port> <seconds>
 
 adopt_children() { # nginx forks its worker: measure and stop it too, by PID + start time
   local name=$1 pid=${PIDS_OF[$1]} c st
-  for c in $(ps -o pid= --ppid "$pid"); do
+  for c in $(ps -o pid= --ppid "$pid" || true); do
     st=$(starttime "$c") || continue
     OWN+=("$name-child $c $st")
     PIDS_OF[$name]+=" $c"
@@ -442,11 +455,11 @@ if ((WITH_PORTCULLIS)); then
   t0=$(date +%s%N)
   n=$((PORTCULLIS_WAIT * 10)); ready=
   while ((n-- > 0)); do
-    [[ -e /proc/${PIDS_OF[portcullis]} ]] || fail "portcullis exited during start-up (see $OUT/logs/portcullis.log)"
+    up portcullis || fail "portcullis exited during start-up (see $OUT/logs/portcullis.log)"
     if [[ $(code_of "http://$LOOP:$P_ADMIN/readyz") == 200 ]]; then ready=1; break; fi
     sleep 0.1
   done
-  [[ -n $ready ]] || fail "portcullis /readyz on $LOOP:$P_ADMIN did not answer 200 within ${PORTCULLIS_WAIT}s: $(timeout 3 curl -s --max-time 2 "http://$LOOP:$P_ADMIN/readyz" | head -c 300) (see $OUT/logs/portcullis.log)"
+  [[ -n $ready ]] || fail "portcullis /readyz on $LOOP:$P_ADMIN did not answer 200 within ${PORTCULLIS_WAIT}s: $(timeout 3 curl --noproxy '*' -s --max-time 2 "http://$LOOP:$P_ADMIN/readyz" | head -c 300) (see $OUT/logs/portcullis.log)"
   await_port portcullis "$P_PORTCULLIS" 5
   adopt_children portcullis
   echo "portcullis_ready_after_ms: $((($(date +%s%N) - t0) / 1000000))" >>"$OUT/machine.txt"
@@ -462,7 +475,7 @@ FAILED=()
 expect() { # expect <label> <code> <body substring or ''> <port> <path> [curl args]
   local label=$1 want=$2 needle=$3 port=$4 path=$5; shift 5
   local resp code body verdict=ok
-  resp=$(timeout 5 curl -s --max-time 3 -w '\n%{http_code}' "$@" "http://$LOOP:$port$path" || true)
+  resp=$(timeout 5 curl --noproxy '*' -s --max-time 3 -w '\n%{http_code}' "$@" "http://$LOOP:$port$path" || true)
   code=${resp##*$'\n'}; body=${resp%$'\n'*}
   [[ $code == "$want" ]] || verdict=FAIL
   [[ -z $needle || $body == *"$needle"* ]] || verdict=FAIL
@@ -546,12 +559,12 @@ wait_quiet() {
   local waited=0 pct
   while :; do
     pct=$(busy_pct)
-    ((pct <= QUIET_MAX)) && return 0
-    if ((waited >= QUIET_WAIT)); then
+    ((pct <= BUSY_MAX)) && return 0
+    if ((waited >= BUSY_WAIT)); then
       note "machine still ${pct}% busy after ${waited}s; measuring anyway (round flagged noisy)"
       NOISY_ROUNDS=$((NOISY_ROUNDS + 1)); return 0
     fi
-    ((waited == 0)) && note "machine ${pct}% busy with something else; waiting up to ${QUIET_WAIT}s"
+    ((waited == 0)) && note "machine ${pct}% busy with something else; waiting up to ${BUSY_WAIT}s"
     sleep 3; waited=$((waited + 5))
   done
 }
@@ -559,44 +572,56 @@ wait_quiet() {
 RUNS=$OUT/runs.tsv
 printf 'mode\ttarget\tround\tattempt\tfile\twall_us\tproxy_ticks\tupstream_ticks\tloadgen_us\tpin_busy\tpin_idle\tpin_steal\tother_busy\tother_idle\tother_steal\tkept\n' >"$RUNS"
 
-one_run() { # one_run <wrk|rate> <target> <round> <attempt>; prints the steal % of the pinned CPU
+# The load generator runs as a background job that this shell waits for, so that Ctrl-C or a
+# SIGTERM is acted on at once (a trap fires during `wait`, not during a foreground command).
+LG_PID=
+loadgen() { # loadgen <seconds> <output file> <command...>: pinned, bounded by timeout
+  local secs=$1 out=$2 rc=0; shift 2
+  timeout -k 5 $((secs + 20)) "${LG_PIN[@]}" "$@" >"$out" 2>&1 &
+  LG_PID=$!
+  wait "$LG_PID" || rc=$?
+  LG_PID=
+  return "$rc"
+}
+
+one_run() { # one_run <wrk|rate> <target> <round> <attempt>; sets STEAL to the steal % of the pinned CPU
   local mode=$1 t=$2 r=$3 a=$4 url="http://$LOOP:${T_PORT[$2]}/" auth
   local file=$OUT/raw/$mode-$t-r$r-a$a.txt
-  local pids=${PIDS_OF[${T_SERVER[$t]}]} up=${PIDS_OF[upstream]}
+  local pids=${PIDS_OF[${T_SERVER[$t]}]} ups=${PIDS_OF[upstream]}
   [[ $t == direct ]] && pids=
   auth="Authorization: Bearer $(tok "${T_TOKEN[$t]}")"
   local p0 u0 c0 w0 s0 o0 p1 u1 c1 w1 s1 o1
-  p0=$(cpu_ticks $pids); u0=$(cpu_ticks $up); child_cpu_us; c0=$CHILD_US
+  p0=$(cpu_ticks $pids); u0=$(cpu_ticks $ups); child_cpu_us; c0=$CHILD_US
   s0=($(cpu_line "$SRV_CPU")); o0=($(cpu_line "$OTHER_CPU")); w0=$(date +%s%N)
   if [[ $mode == wrk ]]; then
-    timeout --foreground -k 5 $((DURATION + 20)) "${LG_PIN[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
-      -s "$OUT/conf/report.lua" -H "$auth" "$url" >"$file" 2>&1 || note "wrk exited with status $? ($t, see $file)"
+    loadgen "$DURATION" "$file" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
+      -s "$OUT/conf/report.lua" -H "$auth" "$url" || note "wrk exited with status $? ($t, see $file)"
   else
     rm -f "$file.log"
-    timeout --foreground -k 5 $((DURATION + 20)) "${LG_PIN[@]}" h2load --h1 -t1 -c1 --rps="$RATE" -D "$DURATION" \
-      --log-file="$file.log" -H "$auth" "$url" >"$file" 2>&1 || note "h2load exited with status $? ($t, see $file)"
+    loadgen "$DURATION" "$file" h2load --h1 -t1 -c1 --rps="$RATE" -D "$DURATION" \
+      --log-file="$file.log" -H "$auth" "$url" || note "h2load exited with status $? ($t, see $file)"
   fi
   w1=$(date +%s%N); s1=($(cpu_line "$SRV_CPU")); o1=($(cpu_line "$OTHER_CPU"))
-  p1=$(cpu_ticks $pids); u1=$(cpu_ticks $up); child_cpu_us; c1=$CHILD_US
+  p1=$(cpu_ticks $pids); u1=$(cpu_ticks $ups); child_cpu_us; c1=$CHILD_US
   local steal_pct=$(((s1[2] - s0[2]) * 100 / ((s1[0] + s1[1] + s1[2] - s0[0] - s0[1] - s0[2]) > 0 ? (s1[0] + s1[1] + s1[2] - s0[0] - s0[1] - s0[2]) : 1)))
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$t" "$r" "$a" "$(basename "$file")" \
     $(((w1 - w0) / 1000)) $((p1 - p0)) $((u1 - u0)) $((c1 - c0)) \
     $((s1[0] - s0[0])) $((s1[1] - s0[1])) $((s1[2] - s0[2])) $((o1[0] - o0[0])) $((o1[1] - o0[1])) $((o1[2] - o0[2])) \
-    "$( ((steal_pct <= STEAL_MAX)) && echo 1 || echo 0)" >>"$RUNS"
-  echo "$steal_pct"
+    "$( ((steal_pct <= MAX_STEAL)) && echo 1 || echo 0)" >>"$RUNS"
+  STEAL=$steal_pct
 }
 
 measure() { # measure <mode> <target> <round>: one run, repeated if the hypervisor stole too much
   local a=1 steal
   while :; do
-    steal=$(one_run "$@" "$a")
-    if ((steal <= STEAL_MAX)); then return 0; fi
-    if ((a > RETRIES)); then
+    one_run "$@" "$a"; steal=$STEAL
+    if ((steal <= MAX_STEAL)); then return 0; fi
+    if ((a > STEAL_RETRIES)); then
       note "  $1 $2 round $3: ${steal}% steal again; keeping it (marked in the report)"
       sed -i '$ s/0$/1/' "$RUNS"  # the last attempt counts, flagged by its steal figure
       return 0
     fi
-    note "  $1 $2 round $3: ${steal}% of the CPU stolen by the hypervisor (> ${STEAL_MAX}%); again"
+    note "  $1 $2 round $3: ${steal}% of the CPU stolen by the hypervisor (> ${MAX_STEAL}%); again"
     a=$((a + 1)); sleep 2
   done
 }
@@ -612,8 +637,8 @@ rss_snapshot idle
 if ((WARMUP > 0)); then
   note "warm-up: ${WARMUP}s per target"
   for t in "${TARGETS[@]}"; do
-    timeout --foreground -k 5 $((WARMUP + 20)) "${LG_PIN[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" \
-      -H "Authorization: Bearer $(tok "${T_TOKEN[$t]}")" "http://$LOOP:${T_PORT[$t]}/" >"$OUT/raw/warmup-$t.txt" 2>&1 || true
+    loadgen "$WARMUP" "$OUT/raw/warmup-$t.txt" wrk -t1 -c"$CONNS" -d"${WARMUP}s" \
+      -H "Authorization: Bearer $(tok "${T_TOKEN[$t]}")" "http://$LOOP:${T_PORT[$t]}/" || true
   done
 fi
 
@@ -654,7 +679,7 @@ stop_all
 {
   echo "steal_during_run_pct_of_machine: $(awk -v a="$STEAL_AT_START" -v b="$(steal_total)" -v s="$(($(date +%s) - T_AT_START))" -v n="$NCPU" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf("%.1f", (s > 0) ? 100 * (b - a) / (s * n * hz) : 0) }')"
-  echo "noisy_rounds: $NOISY_ROUNDS of $REPS (machine busier than QUIET_MAX=${QUIET_MAX}% before the round)"
+  echo "noisy_rounds: $NOISY_ROUNDS of $REPS (machine busier than BUSY_MAX=${BUSY_MAX}% before the round)"
   echo "duration_s: $(($(date +%s) - T_AT_START))"
 } >>"$OUT/machine.txt"
 

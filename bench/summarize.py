@@ -137,7 +137,7 @@ def main():
             rate_nominal = int(m.group(1))
 
     # ---- per run
-    pin_mode = next((m.group(1) for l in machine for m in [re.search(r"\bPIN=(\w+)", l)] if m), "one")
+    pin_mode = next((m.group(1) for l in machine for m in [re.search(r"\bPINNING=(\w+)", l)] if m), "shared")
     per_run = []
     for r in runs:
         path = os.path.join(run, "raw", r["file"])
@@ -156,8 +156,8 @@ def main():
             # busy time on the pinned CPU not charged to our servers or the load generator: other
             # processes scheduled there, plus softirq/interrupt time the kernel charges to no task
             foreign_pct=100.0 * (int(r["pin_busy"]) - int(r["proxy_ticks"]) - int(r["upstream_ticks"])
-                                 - (int(r["loadgen_us"]) * HZ / 1e6 if pin_mode == "one" else 0)) / pin_total
-            if pin_total and pin_mode != "none" else None,
+                                 - (int(r["loadgen_us"]) * HZ / 1e6 if pin_mode == "shared" else 0)) / pin_total
+            if pin_total and pin_mode != "off" else None,
         )
         per_run.append(res)
 
@@ -210,7 +210,8 @@ def main():
           next((m.group(1) for l in machine for m in [re.search(r"CONNS=(\d+)", l)] if m), "?"),
           f"{rate_nominal:,}" if rate_nominal else "?", BAR))
     P("")
-    P("| target | req/s | p50 | p99 | p99.9 | proxy CPU/req | added p50 @rate | added p99 @rate | proxy CPU/req @rate | RSS idle | RSS after load |")
+    at = f"@{rate_nominal:,}/s" if rate_nominal else "@rate"
+    P(f"| target | req/s | p50 | p99 | p99.9 | proxy CPU/req | added p50 {at} | added p99 {at} | proxy CPU/req {at} | RSS idle | RSS after load |")
     P("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in targets:
         name = t["target"]
@@ -234,6 +235,37 @@ def main():
             row[7] = f"(upstream's own p99: {fmt_us(a['rate_p99_us'])})"
         P("| " + " | ".join(row) + " |")
     P("")
+
+    # ---- warnings: anything that makes this run's figures less trustworthy
+    warn = []
+    kept_runs = [x for x in per_run if x["kept"]]
+    noisy = next((l for l in machine if l.startswith("noisy_rounds:")), "")
+    m = re.match(r"noisy_rounds: (\d+)", noisy)
+    if m and int(m.group(1)) > 0:
+        warn.append(f"{m.group(1)} round(s) started while the machine was busy with other work ({noisy.split('(')[-1].rstrip(')')}).")
+    closed_foreign = [x["foreign_pct"] for x in kept_runs if x["mode"] == "wrk" and x.get("foreign_pct") is not None]
+    if closed_foreign and med(closed_foreign) > 10:
+        warn.append(f"in the closed-loop runs a median {med(closed_foreign):.0f}% of the pinned CPU went to processes other "
+                    "than ours (or to unattributed interrupt work): other work shared the CPU; req/s is depressed, CPU/req is less affected.")
+    others = [x["other_busy_pct"] for x in kept_runs if x.get("other_busy_pct") is not None]
+    if pin_mode == "shared" and others and med(others) > 25:
+        warn.append(f"the CPU the benchmark does not use was a median {med(others):.0f}% busy: something else ran during the "
+                    "measurements (shared caches and memory bandwidth; ratios hold better than absolute figures).")
+    for x in kept_runs:
+        if x["mode"] == "rate" and rate_nominal and (x.get("achieved_rps") or 0) < 0.95 * rate_nominal:
+            warn.append(f"{x['target']} round {x['round']}: h2load achieved only {fmt_int(x.get('achieved_rps'))} of {rate_nominal:,} "
+                        "req/s; its fixed-rate latency is not at the nominal rate.")
+    max_steal = next((int(m.group(1)) for l in machine for m in [re.search(r"\bMAX_STEAL=(\d+)", l)] if m), 20)
+    bad_steal = [x for x in kept_runs if (x.get("steal_pct") or 0) > max_steal]
+    if bad_steal:
+        warn.append(f"{len(bad_steal)} run(s) were kept with more than {max_steal}% steal after the retries.")
+    n_err = sum(a["errors"] for a in agg.values())
+    if n_err:
+        warn.append(f"{n_err} request(s) failed or got a non-2xx answer during the load (see 'Every run').")
+    for w in warn:
+        P(f"> **Warning**: {w}")
+    if warn:
+        P("")
 
     # ---- issue 5 targets
     pc, pb, hp, ng = agg.get("portcullis"), agg.get("portcullis_big"), agg.get("haproxy"), agg.get("nginx")
@@ -289,15 +321,13 @@ def main():
           f"{fmt_us(x.get('proxy_us_per_req'))} | {fmt_us(x.get('upstream_us_per_req'))} | {fmt_us(x.get('loadgen_us_per_req'))} | "
           f"{pf(x.get('pin_busy_pct'))} | {pf(x.get('foreign_pct'))} | {pf(x.get('steal_pct'))} | {pf(x.get('other_busy_pct'))} | {errs} |")
     P("")
-    kept_runs = [x for x in per_run if x["kept"]]
     steals = [x["steal_pct"] for x in kept_runs if x.get("steal_pct") is not None]
-    others = [x["other_busy_pct"] for x in kept_runs if x.get("other_busy_pct") is not None]
     closed_busy = [x["pin_busy_pct"] for x in kept_runs if x["mode"] == "wrk" and x.get("pin_busy_pct") is not None]
     P(f"Noise: {len(per_run) - len(kept_runs)} run(s) set aside for steal; steal on the pinned CPU in kept runs "
       f"median {med(steals) or 0:.0f}%, max {max(steals) if steals else 0:.0f}%; other CPU busy median {med(others) or 0:.0f}%, "
       f"max {max(others) if others else 0:.0f}%; pinned CPU busy in closed-loop runs min {min(closed_busy) if closed_busy else 0:.0f}% "
       "(below ~90% the closed loop was held back by something other than CPU). Errors in all runs: "
-      f"{sum(a['errors'] for a in agg.values())}.")
+      f"{n_err}.")
     P("")
     spread = []
     for t in targets:
