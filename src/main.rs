@@ -6,6 +6,11 @@ use clap::Parser;
 use portcullis::cli::{Cli, Command, TokenCommand};
 use portcullis::config::Settings;
 
+/// mimalloc: fewer cycles per small allocation than glibc's malloc on pingora's request path
+/// (measured in bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration mistake (the message names the field and the fix).
 const EXIT_CONFIG: u8 = 2;
 

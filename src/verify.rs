@@ -86,14 +86,15 @@ pub struct Verified<'t> {
     pub claims: Claims,
     /// The payload segment exactly as received: base64url JSON, as the app receives it.
     pub payload_b64: &'t str,
-    /// The decoded payload, for claim lookups beyond the fixed ones.
-    pub payload_json: Vec<u8>,
 }
 
 impl Verified<'_> {
     /// The whole claim set as a JSON object.
     pub fn claims_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_slice(&self.payload_json).unwrap_or_default()
+        // The payload decoded and parsed once already; only the rules and claim headers need
+        // it again, and only then is this cost paid.
+        let json = URL_SAFE_NO_PAD.decode(self.payload_b64).unwrap_or_default();
+        serde_json::from_slice(&json).unwrap_or_default()
     }
 }
 
@@ -121,7 +122,8 @@ impl Verifier {
         }
         let (header_b64, payload_b64, sig_b64) = split(token)?;
 
-        let header_json = decode(header_b64, "header is not base64url")?;
+        let mut header_buf = [0u8; MAX_HEADER_JSON];
+        let header_json = decode_header(header_b64, &mut header_buf)?;
         let header: Header<'_> = serde_json::from_slice(&header_json)
             .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
         if header.alg != "HS256" {
@@ -135,16 +137,33 @@ impl Verifier {
         let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
         let key = find_key(keys, header.kid.as_deref(), signing_input, &signature)?;
 
-        let payload_json = decode(payload_b64, "payload is not base64url")?;
-        let raw: RawClaims = serde_json::from_slice(&payload_json)
+        PAYLOAD
+            .with_borrow_mut(|payload| self.check_payload(payload_b64, payload, now))
+            .map(|claims| Verified {
+                key,
+                claims,
+                payload_b64,
+            })
+    }
+
+    /// Decodes the payload into a reused buffer and checks its claims.
+    fn check_payload(
+        &self,
+        payload_b64: &str,
+        buf: &mut Vec<u8>,
+        now: u64,
+    ) -> Result<Claims, TokenError> {
+        buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            // One huge token must not pin its buffer for the life of the thread.
+            buf.shrink_to(8192);
+        }
+        URL_SAFE_NO_PAD
+            .decode_vec(payload_b64, buf)
+            .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let raw: RawClaims = serde_json::from_slice(buf)
             .map_err(|_| TokenError::Malformed("claims are not a valid JSON object"))?;
-        let claims = self.check_claims(raw, now)?;
-        Ok(Verified {
-            key,
-            claims,
-            payload_b64,
-            payload_json,
-        })
+        self.check_claims(raw, now)
     }
 
     fn check_claims(&self, raw: RawClaims, now: u64) -> Result<Claims, TokenError> {
@@ -222,10 +241,26 @@ fn split(token: &str) -> Result<(&str, &str, &str), TokenError> {
     Ok((h, p, s))
 }
 
-fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, TokenError> {
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| TokenError::Malformed(what))
+/// Largest decoded JOSE header accepted; real ones are under 100 bytes.
+const MAX_HEADER_JSON: usize = 512;
+
+thread_local! {
+    /// Decoded payloads are parsed from this buffer, reused across requests on a thread.
+    static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes the header segment into a stack buffer.
+fn decode_header<'b>(
+    segment: &str,
+    buf: &'b mut [u8; MAX_HEADER_JSON],
+) -> Result<&'b [u8], TokenError> {
+    if segment.len() > MAX_HEADER_JSON * 4 / 3 {
+        return Err(TokenError::Malformed("header is too large"));
+    }
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(segment, buf)
+        .map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    Ok(&buf[..n])
 }
 
 /// An HS256 signature is exactly 32 bytes: 43 base64url characters.
