@@ -3,36 +3,15 @@
 //!
 //! # Architecture
 //!
-//! A request takes one path through these modules, top to bottom:
+//! This branch holds the parts that get portcullis into pods; the request path lives beside them
+//! on the main branch.
 //!
 //! | module | role |
 //! |---|---|
-//! | [`proxy`] | the pingora `ProxyHttp` that hosts the inbound pipeline and forwards to the app |
-//! | [`auth`] | strips spoofable headers, picks the public routes, finds the bearer token |
-//! | [`verify`] | checks an HS256 token: signature, `exp`/`nbf`/`iat`, `iss`, `aud` |
-//! | [`answer`] | maps every failure to its RFC 6750 status, `WWW-Authenticate` and JSON body |
-//! | [`keys`] | the HMAC key set, loaded from a kubelet-style Secret volume |
 //! | [`watch`] | directory watching (notify, debounce, rescan) shared by every reloadable file |
-//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` on the admin listener |
-//! | [`metrics`] | the Prometheus registry and the counters the hot path touches |
-//! | [`config`] | flags, environment and YAML merged into one validated [`config::Settings`] |
-//! | [`mint`] | signing tokens, for `token mint` and the outbound side |
-//!
-//! Around them sit the command-line tools: [`cli`] (argument definitions), [`demo`],
-//! [`tools`] (`token mint`, `token inspect`, `check`) and [`telemetry`] (logging set-up).
+//! | [`certs`] | a TLS certificate and key read from a mounted Secret, hot-reloaded, served per handshake |
+//! | [`inject`] | `portcullis inject`: the mutating admission webhook that adds the sidecar to pods |
 
-pub mod admin;
-pub mod answer;
-pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod keys;
-pub mod metrics;
-pub mod mint;
-pub mod proxy;
-pub mod run;
-pub mod telemetry;
-pub mod tools;
-pub mod verify;
+pub mod certs;
+pub mod inject;
 pub mod watch;

@@ -27,7 +27,10 @@ pub struct WatchOptions {
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), rescan: Duration::from_secs(30) }
+        Self {
+            debounce: Duration::from_millis(200),
+            rescan: Duration::from_secs(30),
+        }
     }
 }
 
@@ -41,32 +44,35 @@ where
     F: FnMut() + Send + 'static,
 {
     let name = name.to_string();
-    let spawned = thread::Builder::new().name(format!("watch-{name}")).spawn(move || {
-        let (tx, rx) = mpsc::channel::<()>();
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            // Any event, even an error, only means "look again".
-            let _ = tx.send(());
-        });
-        let mut watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(error) => {
-                tracing::warn!(watch = %name, %error, "file watcher unavailable, rescan only");
-                None
-            }
-        };
-        if let Some(w) = watcher.as_mut() {
-            for dir in &dirs {
-                if let Err(error) = w.watch(dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(
-                        watch = %name, dir = %dir.display(), %error,
-                        "cannot watch directory, relying on periodic rescan"
-                    );
+    let spawned = thread::Builder::new()
+        .name(format!("watch-{name}"))
+        .spawn(move || {
+            let (tx, rx) = mpsc::channel::<()>();
+            let watcher =
+                notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+                    // Any event, even an error, only means "look again".
+                    let _ = tx.send(());
+                });
+            let mut watcher = match watcher {
+                Ok(w) => Some(w),
+                Err(error) => {
+                    tracing::warn!(watch = %name, %error, "file watcher unavailable, rescan only");
+                    None
+                }
+            };
+            if let Some(w) = watcher.as_mut() {
+                for dir in &dirs {
+                    if let Err(error) = w.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(
+                            watch = %name, dir = %dir.display(), %error,
+                            "cannot watch directory, relying on periodic rescan"
+                        );
+                    }
                 }
             }
-        }
-        run_loop(&rx, &options, &mut on_change);
-        drop(watcher);
-    });
+            run_loop(&rx, &options, &mut on_change);
+            drop(watcher);
+        });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the file watch thread");
     }
