@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD;
 use http::{Method, Response, StatusCode, header};
 use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -18,6 +20,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
+use serde_json::Value;
 
 use super::args::{InjectArgs, InvalidFlag};
 use super::mutate::{Outcome, Route, Verdict, mutate};
@@ -65,9 +68,11 @@ pub fn run(args: InjectArgs) -> Result<(), StartError> {
         source,
     })?;
 
-    let mut conf = ServerConf::default();
-    conf.grace_period_seconds = Some(5);
-    conf.graceful_shutdown_timeout_seconds = Some(5);
+    let conf = ServerConf {
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -107,7 +112,16 @@ impl AdmissionApp {
         };
         let verdict = mutate(&request, route, &self.settings);
         log(&request, &verdict);
-        json(StatusCode::OK, &verdict.response.into_review())
+        match encode(verdict.response) {
+            Ok(review) => json(StatusCode::OK, &review),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode the admission response");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the response\n",
+                )
+            }
+        }
     }
 }
 
@@ -171,6 +185,18 @@ fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
     review
         .try_into()
         .map_err(|_| "the AdmissionReview carries no request".to_string())
+}
+
+/// The response as the API server reads it. `patch` is a Go `[]byte`, which JSON carries as a
+/// base64 string (admission.k8s.io/v1 reference); kube-core serialises the bytes as a number
+/// array instead (kube-rs issue #1781), so it is re-encoded here.
+fn encode(response: AdmissionResponse) -> Result<Value, serde_json::Error> {
+    let patch = response.patch.clone();
+    let mut review = serde_json::to_value(response.into_review())?;
+    if let (Some(bytes), Some(slot)) = (patch, review.pointer_mut("/response/patch")) {
+        *slot = Value::from(BASE64_STANDARD.encode(bytes));
+    }
+    Ok(review)
 }
 
 fn log(request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) {
