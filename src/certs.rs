@@ -90,7 +90,7 @@ pub enum CertError {
         path: PathBuf,
         source: ErrorStack,
     },
-    #[error("the private key in {} does not belong to the certificate in {}", key.display(), cert.display())]
+    #[error("the key in {} does not match the certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("the certificate in {} expired at {not_after}", path.display())]
     Expired { path: PathBuf, not_after: String },

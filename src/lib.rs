@@ -9,8 +9,8 @@
 //! | module | role |
 //! |---|---|
 //! | [`watch`] | directory watching (notify, debounce, rescan) shared by every reloadable file |
-//! | [`certs`] | a TLS certificate and key read from a mounted Secret, hot-reloaded, served per handshake |
-//! | [`inject`] | `portcullis inject`: the mutating admission webhook that adds the sidecar to pods |
+//! | [`certs`] | a TLS certificate and key from a mounted Secret, hot-reloaded, per handshake |
+//! | [`inject`] | `portcullis inject`: the mutating admission webhook that adds the sidecar |
 
 pub mod certs;
 pub mod inject;

@@ -18,9 +18,7 @@ pub enum InjectError {
     },
     #[error("the pod has no containers")]
     NoContainers,
-    #[error(
-        "annotation kubectl.kubernetes.io/default-container names {name:?}, not a container of this pod"
-    )]
+    #[error("kubectl.kubernetes.io/default-container names {name:?}, not a container of this pod")]
     UnknownDefaultContainer { name: String },
     #[error("port {port} is used by container {container:?}, but the sidecar needs it")]
     PortTaken { port: u16, container: String },

@@ -17,7 +17,7 @@
 //! | [`sidecar`] | the sidecar container, its volumes, env, probes and security context |
 //! | [`patch`] | building RFC 6902 JSONPatch operations on a pod |
 //! | [`mutate`](mod@mutate) | the decision: skip, inject, deny, or allow with a warning |
-//! | [`server`] | the HTTPS endpoint (`/mutate`, `/healthz`) on pingora, with a hot-reloaded certificate |
+//! | [`server`] | the HTTPS endpoint (`/mutate`, `/healthz`) on pingora, hot-reloaded certificate |
 //!
 //! It deliberately never talks to the API server: everything it needs arrives in the review or
 //! in its flags, so it needs no RBAC and has no side effects (`sideEffects: None`).

@@ -115,7 +115,8 @@ fn refuse(allowed: AdmissionResponse, error: InjectError, settings: &InjectSetti
     if settings.unsafe_fail_open {
         let mut response = allowed;
         response.warnings = Some(vec![format!(
-            "portcullis: sidecar NOT injected ({error}); admitted only because the webhook runs with --unsafe-fail-open"
+            "portcullis: sidecar NOT injected ({error}); admitted only because of \
+             --unsafe-fail-open"
         )]);
         return Verdict {
             response,

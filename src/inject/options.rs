@@ -3,13 +3,13 @@
 //! | annotation | meaning | default |
 //! |---|---|---|
 //! | `inject` | `"true"` opts in, `"false"` opts out of a labelled namespace | — |
-//! | `identity` | the service identity that `aud` must contain | `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` |
-//! | `app-port` | the port the app listens on, on 127.0.0.1 | the app container's first TCP port, else 8080 |
-//! | `keys-secret` | the Secret holding the HMAC keys | the webhook's `--keys-secret` |
-//! | `public-paths` | extra unauthenticated routes: `PATH`, `PATH*` or `METHOD PATH`, comma-separated | none |
-//! | `rules-configmap` | a ConfigMap with key `portcullis.yaml`, the sidecar's full configuration | none |
-//! | `issuers` | accepted token issuers, comma-separated | the webhook's `--issuer` |
-//! | `sidecar-mode` | `native` or `classic` | the webhook's `--sidecar-mode` |
+//! | `identity` | the identity that `aud` must contain | `spiffe://<td>/ns/<ns>/sa/<sa>` |
+//! | `app-port` | the app's port on 127.0.0.1 | the app's first TCP port, else 8080 |
+//! | `keys-secret` | the Secret holding the HMAC keys | `--keys-secret` |
+//! | `public-paths` | open routes: `PATH`, `PATH*`, `METHOD PATH`, comma-separated | none |
+//! | `rules-configmap` | a ConfigMap whose key `portcullis.yaml` is the sidecar's config | none |
+//! | `issuers` | accepted token issuers, comma-separated | `--issuer` |
+//! | `sidecar-mode` | `native` or `classic` | `--sidecar-mode` |
 //!
 //! The app container is the one `kubectl.kubernetes.io/default-container` names, else the first.
 //! Parsing never guesses: a value it cannot use is an [`InjectError::InvalidAnnotation`].
