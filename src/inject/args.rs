@@ -50,7 +50,7 @@ pub struct InjectArgs {
           value_parser = ["Always", "IfNotPresent", "Never"])]
     pub image_pull_policy: String,
 
-    /// SPIFFE trust domain of the default identity spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
+    /// SPIFFE trust domain of default identities: spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT.
     #[arg(long, env = "PORTCULLIS_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
