@@ -108,3 +108,27 @@ fn watcher_reloads_without_being_asked() -> Result<()> {
     assert!(swapped, "the watcher did not pick up the rotation");
     Ok(())
 }
+
+#[test]
+fn a_read_that_straddles_an_update_is_retried() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ca = TestCa::new("store CA")?;
+    let (old, new) = (ca.issue()?, ca.issue()?);
+    let mut dir = SecretDir::new(tmp.path())?;
+    // What a reader can see mid-update: the new certificate with the old key.
+    dir.publish(&[("tls.crt", &new.cert_pem), ("tls.key", &old.key_pem)])?;
+    let paths = paths(&dir, false);
+
+    let expected = new.fingerprint.clone();
+    let finisher = std::thread::spawn(move || -> Result<()> {
+        std::thread::sleep(Duration::from_millis(40));
+        dir.publish(&[("tls.crt", &new.cert_pem), ("tls.key", &new.key_pem)])
+    });
+    // The first read finds a mismatched pair; a later one, the completed update.
+    let store = CertStore::load("test", paths)?;
+    finisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+    assert_eq!(store.current().fingerprint(), expected);
+    Ok(())
+}
