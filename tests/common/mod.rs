@@ -324,7 +324,19 @@ pub struct Webhook {
 
 impl Webhook {
     /// Starts the binary with the certificate in `tls_dir` and waits until `/healthz` answers.
+    /// A port taken between `free_port` and the bind makes the binary exit: try another.
     pub fn start(tls_dir: &Path, ca_pem: &[u8], extra: &[&str]) -> Result<Self> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::start_once(tls_dir, ca_pem, extra) {
+                Ok(webhook) => return Ok(webhook),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("webhook did not start")))
+    }
+
+    fn start_once(tls_dir: &Path, ca_pem: &[u8], extra: &[&str]) -> Result<Self> {
         let port = free_port()?;
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("inject")
