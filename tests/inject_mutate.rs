@@ -443,6 +443,20 @@ fn pod_using_a_sidecar_port_is_denied() -> Result<()> {
 }
 
 #[test]
+fn host_network_pod_is_denied() -> Result<()> {
+    let mut review = common::fixture("no-ports")?;
+    review["request"]["object"]["spec"]["hostNetwork"] = Value::Bool(true);
+    let verdict = mutate(
+        &common::request(&review)?,
+        Route::PodAnnotation,
+        &settings(),
+    );
+    assert!(!verdict.response.allowed);
+    assert!(verdict.response.result.message.contains("hostNetwork"));
+    Ok(())
+}
+
+#[test]
 fn response_echoes_the_request_uid() -> Result<()> {
     let (verdict, _) = run("no-ports", Route::PodAnnotation, &settings())?;
     assert_eq!(verdict.response.uid, "11111111-0000-4000-8000-000000000001");

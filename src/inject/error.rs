@@ -22,6 +22,8 @@ pub enum InjectError {
     UnknownDefaultContainer { name: String },
     #[error("port {port} is used by container {container:?}, but the sidecar needs it")]
     PortTaken { port: u16, container: String },
+    #[error("the pod uses hostNetwork: the sidecar's ports would be the node's; add it by hand")]
+    HostNetwork,
     #[error("volume {name:?} already exists, but the sidecar needs that name")]
     VolumeTaken { name: String },
     #[error("cannot encode the patch: {reason}")]

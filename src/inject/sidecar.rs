@@ -45,8 +45,12 @@ pub struct Sidecar {
     pub volumes: Vec<Volume>,
 }
 
-/// Refuses a pod that already uses a port or volume name the sidecar needs.
+/// Refuses a pod that already uses a port or volume name the sidecar needs, or the node's
+/// network, where 8443 and 9901 would collide between pods.
 pub fn check_conflicts(spec: &PodSpec) -> Result<(), InjectError> {
+    if spec.host_network == Some(true) {
+        return Err(InjectError::HostNetwork);
+    }
     let init = spec.init_containers.as_deref().unwrap_or_default();
     for container in spec.containers.iter().chain(init) {
         for port in container.ports.as_deref().unwrap_or_default() {
