@@ -27,6 +27,8 @@ pub enum Command {
     Token(TokenCommand),
     /// Validate a configuration and its keys without serving anything.
     Check(Box<RunArgs>),
+    /// Run the mutating admission webhook that injects the sidecar into pods.
+    Inject(Box<crate::inject::InjectArgs>),
 }
 
 /// How log lines are written.

@@ -30,6 +30,7 @@ pub mod context;
 pub mod demo;
 pub mod echo;
 pub mod egress;
+pub mod inject;
 pub mod keys;
 pub mod metrics;
 pub mod mint;

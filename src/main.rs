@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis::cli::{Cli, Command, TokenCommand};
-use portcullis::config::Settings;
+use portcullis::config::{DEFAULT_LOG_LEVEL, Settings};
 
 /// mimalloc: fewer cycles per small allocation than glibc's malloc on pingora's request path
 /// (measured in bench/RESULTS.md).
@@ -38,6 +38,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail_config(&message),
         },
+        Command::Inject(args) => {
+            let level = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG_LEVEL.into());
+            portcullis::telemetry::init(args.log_format, &level);
+            match portcullis::inject::run(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail_config(&format!("inject: {e}")),
+            }
+        }
     }
 }
 

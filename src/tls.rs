@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+use openssl::asn1::Asn1Time;
 use pingora::listeners::TlsAccept;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::tls::TlsRef;
@@ -68,6 +69,8 @@ pub enum TlsError {
     BadKey { file: PathBuf },
     #[error("the private key does not match the certificate (files changed while being read?)")]
     KeyMismatch,
+    #[error("the certificate in {file} expired at {not_after}")]
+    Expired { file: PathBuf, not_after: String },
 }
 
 /// One complete set of TLS material.
@@ -113,6 +116,16 @@ pub fn read_pair(
             .map(|pk| pk.public_eq(&key))
             .unwrap_or(false);
         if matches {
+            let expired = Asn1Time::days_from_now(0)
+                .map(|now| chain[0].not_after() < now)
+                .unwrap_or(false);
+            if expired {
+                let not_after = chain[0].not_after().to_string();
+                return Err(TlsError::Expired {
+                    file: cert_file.to_path_buf(),
+                    not_after,
+                });
+            }
             return Ok((chain, key));
         }
         last = TlsError::KeyMismatch;
