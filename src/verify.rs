@@ -124,7 +124,7 @@ impl Verifier {
 
         let mut header_buf = [0u8; MAX_HEADER_JSON];
         let header_json = decode_header(header_b64, &mut header_buf)?;
-        let header: Header<'_> = serde_json::from_slice(&header_json)
+        let header: Header<'_> = serde_json::from_slice(header_json)
             .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
         if header.alg != "HS256" {
             return Err(TokenError::UnsupportedAlgorithm);

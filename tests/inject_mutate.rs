@@ -132,7 +132,7 @@ fn sidecar_is_locked_down_and_probed_on_the_admin_port() -> Result<()> {
             .and_then(|p| p.http_get.as_ref())
             .and_then(|g| g.path.clone())
     };
-    assert_eq!(path(&sidecar.startup_probe).as_deref(), Some("/readyz"));
+    assert_eq!(path(&sidecar.startup_probe).as_deref(), Some("/startupz"));
     assert_eq!(path(&sidecar.readiness_probe).as_deref(), Some("/readyz"));
     assert_eq!(path(&sidecar.liveness_probe).as_deref(), Some("/healthz"));
     let admin = IntOrString::String("portcullis-admin".to_string());

@@ -3,7 +3,8 @@
 //! It is the same container `k8s/todo/deployment.yaml` writes by hand: `portcullis run`
 //! configured through `PORTCULLIS_…` variables, the keys Secret mounted as a whole directory
 //! (never with `subPath`, which would freeze it), probes on the admin port with the startup
-//! probe tied to "keys loaded" (`/readyz`), modest requests and limits, and a security context
+//! probe tied to "keys loaded" (`/startupz`; `/readyz` also needs the app, which a native
+//! sidecar's startup probe must not wait for), modest requests and limits, and a security context
 //! that runs it as a non-root user with a read-only root filesystem and no capabilities.
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use super::settings::{InjectSettings, SidecarMode};
 pub const CONTAINER_NAME: &str = "portcullis";
 /// Where callers reach the sidecar (the Service's `targetPort`).
 pub const LISTEN_PORT: u16 = 8443;
-/// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+/// The admin listener: `/healthz`, `/startupz`, `/readyz`, `/metrics`.
 pub const ADMIN_PORT: u16 = 9901;
 /// Ports the app must not use.
 pub const RESERVED_PORTS: [u16; 2] = [LISTEN_PORT, ADMIN_PORT];
@@ -111,7 +112,7 @@ pub fn build(options: &PodOptions, public_paths: &[String], settings: &InjectSet
         ]),
         env: Some(env(options, public_paths)),
         volume_mounts: Some(mounts),
-        startup_probe: Some(admin_probe("/readyz", 1, 60)),
+        startup_probe: Some(admin_probe("/startupz", 1, 60)),
         readiness_probe: Some(admin_probe("/readyz", 5, 2)),
         liveness_probe: Some(admin_probe("/healthz", 10, 3)),
         resources: Some(resources()),
