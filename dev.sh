@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what portcullis needs on a fresh Debian machine, then runs the demo or the tests.
 #   ./dev.sh demo   build (release) and run `portcullis demo`
-#   ./dev.sh test   formatting, lints and the whole test suite (what CI runs)
+#   ./dev.sh test   formatting, lints, the whole test suite, and the deployment checks
+#                   (k8s manifests, webhook output, compose, Dockerfile: ci/validate-k8s.sh)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,6 +30,7 @@ case "${1:-}" in
         cargo fmt --all -- --check
         cargo clippy --all-targets --locked -- -D warnings
         cargo test --locked
+        bash ci/validate-k8s.sh
         ;;
     *)
         echo "usage: ./dev.sh demo | ./dev.sh test" >&2
