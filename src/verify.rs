@@ -226,12 +226,20 @@ fn split(token: &str) -> Result<(&str, &str, &str), TokenError> {
     if token.is_empty() {
         return Err(TokenError::Malformed("empty token"));
     }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let bytes = token.as_bytes();
+    let mut dots = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'.')
+        .map(|(i, _)| i);
+    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
     };
+    let (h, p, s) = (
+        &token[..first],
+        &token[first + 1..second],
+        &token[second + 1..],
+    );
     if h.is_empty() || p.is_empty() {
         return Err(TokenError::Malformed("empty header or payload"));
     }
