@@ -60,7 +60,7 @@ impl Rejection {
             Self::MissingCredentials => Answer {
                 status: 401,
                 www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
-                body: body("unauthorized", "a bearer token is required"),
+                body: json_body("unauthorized", "a bearer token is required"),
             },
             Self::InvalidRequest(what) => challenge(400, &realm, "invalid_request", what),
             Self::InvalidToken(e) => challenge(401, &realm, "invalid_token", describe(e)),
@@ -71,17 +71,17 @@ impl Rejection {
             Self::NoKeys => Answer {
                 status: 503,
                 www_authenticate: None,
-                body: body("temporarily_unavailable", "no verification keys are loaded"),
+                body: json_body("temporarily_unavailable", "no verification keys are loaded"),
             },
             Self::NoClientCertificate(why) => Answer {
                 status: 401,
                 www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
-                body: body("unauthorized", why),
+                body: json_body("unauthorized", why),
             },
             Self::BadPath => Answer {
                 status: 400,
                 www_authenticate: None,
-                body: body(
+                body: json_body(
                     "invalid_path",
                     "the request path cannot be normalised safely",
                 ),
@@ -89,7 +89,7 @@ impl Rejection {
             Self::HeadTooLarge => Answer {
                 status: 431,
                 www_authenticate: None,
-                body: body(
+                body: json_body(
                     "request_header_fields_too_large",
                     "request head exceeds the size limit",
                 ),
@@ -104,7 +104,7 @@ fn challenge(status: u16, realm: &str, error: &str, description: &str) -> Answer
         www_authenticate: Some(format!(
             "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\""
         )),
-        body: body(error, description),
+        body: json_body(error, description),
     }
 }
 
@@ -129,7 +129,8 @@ pub fn describe(e: &TokenError) -> &'static str {
     }
 }
 
-fn body(error: &str, description: &str) -> Bytes {
+/// The small JSON body every refusal carries.
+pub fn json_body(error: &str, description: &str) -> Bytes {
     let value = serde_json::json!({ "error": error, "error_description": description });
     Bytes::from(value.to_string())
 }

@@ -18,7 +18,8 @@ use crate::verify::TokenError;
 const RESERVED_PREFIX: &str = "x-auth-";
 
 /// Removes every identity header from an incoming request: the fixed ones, anything else under
-/// `x-auth-`, the context handle header, and the configured claim headers. Runs before anything else, public routes too.
+/// `x-auth-`, the context handle header, and the configured claim headers. Runs before anything
+/// else, public routes too.
 pub fn strip_identity_headers(req: &mut RequestHeader, claim_headers: &[HeaderName]) {
     let reserved: Vec<HeaderName> = req
         .headers

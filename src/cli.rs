@@ -158,7 +158,13 @@ pub struct RunArgs {
     pub peer_identity: Option<crate::tls::PeerIdentityKind>,
 
     /// Enable the outbound listener, at ADDR [default when given: 127.0.0.1:15001].
-    #[arg(long, env = "PORTCULLIS_EGRESS_LISTEN", value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:15001")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_EGRESS_LISTEN",
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:15001"
+    )]
     pub egress_listen: Option<String>,
 
     /// Lifetime of tokens minted for outbound calls, in seconds [default: 60].

@@ -256,7 +256,8 @@ impl Settings {
             return Err(ConfigError::new(
                 "--identity",
                 "this service's identity is required",
-                "set --identity, PORTCULLIS_IDENTITY or `identity:` to the audience tokens name this service by",
+                "set --identity, PORTCULLIS_IDENTITY or `identity:` \
+                 to the audience tokens name this service by",
             ));
         }
         let issuers = if args.issuers.is_empty() {

@@ -47,7 +47,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     crate::run::serve(server, in_flight, settings.shutdown_timeout)
 }
 
-/// Creates `dir/..<timestamp>/<kid>`, `dir/..data -> ..<timestamp>` and `dir/<kid> -> ..data/<kid>`.
+/// Creates `dir/..<timestamp>/<kid>`, `dir/..data -> ..<timestamp>` and
+/// `dir/<kid> -> ..data/<kid>`.
 pub fn write_kubelet_keys(dir: &Path, kid: &str) -> anyhow::Result<PathBuf> {
     let stamp = "..2026_01_01_00_00_00.000000001";
     let _ = fs::remove_dir_all(dir);

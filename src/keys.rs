@@ -449,7 +449,10 @@ pub fn log_outcome(store: &KeyStore, outcome: &ReloadOutcome) {
         ReloadOutcome::Unchanged => tracing::debug!(%dir, "keys unchanged"),
         ReloadOutcome::Rejected(error) => {
             let serving = store.current().map(|s| s.len()).unwrap_or(0);
-            tracing::warn!(%dir, %error, serving, "key update rejected, previous keys keep serving");
+            tracing::warn!(
+                %dir, %error, serving,
+                "key update rejected, previous keys keep serving"
+            );
         }
     }
 }

@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::answer::Rejection;
+use crate::answer::{Rejection, json_body};
 use crate::auth;
 use crate::config::{AuthMode, PublicPath, Settings};
 use crate::context::{CONTEXT_HEADER, Caller, ContextStore};
@@ -224,7 +223,8 @@ impl Sidecar {
             ctx.reason = "dry_run";
             return Ok(());
         }
-        tracing::info!(policy = self.policy.name(), %rule, reason = denial.reason_code(), "policy denial");
+        let (policy, reason) = (self.policy.name(), denial.reason_code());
+        tracing::info!(policy, %rule, reason, "policy denial");
         Err(Rejection::Forbidden {
             policy: self.policy.name().to_string(),
         })
@@ -409,15 +409,14 @@ impl ProxyHttp for Sidecar {
             tracing::warn!(upstream = %self.upstream, error = %e, "upstream unavailable");
         }
         if code > 0 {
-            let body = Bytes::from(match code {
-                502 => {
-                    r#"{"error":"bad_gateway","error_description":"the app behind the sidecar is unreachable"}"#
-                }
-                400 => r#"{"error":"bad_request","error_description":"malformed request"}"#,
-                _ => {
-                    r#"{"error":"internal_error","error_description":"the sidecar could not complete the request"}"#
-                }
-            });
+            let body = match code {
+                502 => json_body("bad_gateway", "the app behind the sidecar is unreachable"),
+                400 => json_body("bad_request", "malformed request"),
+                _ => json_body(
+                    "internal_error",
+                    "the sidecar could not complete the request",
+                ),
+            };
             if let Err(error) = session.respond_error_with_body(code, body).await {
                 tracing::debug!(%error, "cannot send the error response");
             }

@@ -99,7 +99,8 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
             pingora::proxy::http_proxy_service_with_name(&server.configuration, outbound, "egress");
         service.add_tcp(&egress.listen.to_string());
         server.add_service(service);
-        tracing::info!(listen = %egress.listen, routes = egress.routes.len(), "egress listener enabled");
+        let routes = egress.routes.len();
+        tracing::info!(listen = %egress.listen, routes, "egress listener enabled");
     }
 
     let admin = Admin {
@@ -136,19 +137,26 @@ fn egress_tls(
         .routes
         .iter()
         .map(|route| {
-            let Some(tls) = &route.tls else { return Ok(None) };
+            let Some(tls) = &route.tls else {
+                return Ok(None);
+            };
             let ca = crate::tls::read_certs(&tls.ca_file)
                 .map_err(|e| anyhow::anyhow!("egress route {:?}: tls.ca_file: {e}", route.name))?;
             let client = match (tls.client_certificate, own) {
                 (true, Some(own)) => Some(own.clone()),
                 (true, None) => anyhow::bail!(
-                    "egress route {:?}: tls.client_certificate needs the sidecar's own certificate; \
+                    "egress route {:?}: tls.client_certificate needs the sidecar's own \
+                     certificate; \
                      set --tls-cert and --tls-key, or client_certificate: false",
                     route.name
                 ),
                 (false, _) => None,
             };
-            Ok(Some(UpstreamTls { server_name: tls.server_name.clone(), ca: Arc::new(ca.into_boxed_slice()), client }))
+            Ok(Some(UpstreamTls {
+                server_name: tls.server_name.clone(),
+                ca: Arc::new(ca.into_boxed_slice()),
+                client,
+            }))
         })
         .collect()
 }

@@ -181,7 +181,8 @@ impl ServerTls {
                 if !same {
                     self.current.store(Some(Arc::new(new)));
                     self.reloads.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(cert = %self.settings.cert_file.display(), "tls certificate reloaded");
+                    let cert = self.settings.cert_file.display().to_string();
+                    tracing::info!(%cert, "tls certificate reloaded");
                 }
             }
             Err(error) => {

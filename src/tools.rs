@@ -145,7 +145,10 @@ fn expiry_note(payload: &str) -> Option<String> {
 pub fn check_command(args: &RunArgs) -> Result<(), String> {
     let settings = Settings::resolve(args).map_err(|e| format!("configuration: {e}"))?;
     let keys = KeySet::load(&settings.keys_dir).map_err(|e| {
-        format!("keys: {e}; fix: point --keys-dir at the mounted Secret, with one file per kid of 32+ bytes")
+        format!(
+            "keys: {e}; fix: point --keys-dir at the mounted Secret, \
+             with one file per kid of 32+ bytes"
+        )
     })?;
     println!("ok: identity {:?}", settings.identity);
     println!(

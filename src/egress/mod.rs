@@ -130,7 +130,8 @@ impl Egress {
 
     async fn refuse(&self, session: &mut Session, refusal: Refusal) -> Result<bool> {
         let Refusal(status, error, description) = refusal;
-        tracing::warn!(status, error, %description, path = %session.req_header().uri.path(), "outbound request refused");
+        let path = session.req_header().uri.path().to_string();
+        tracing::warn!(status, error, %description, %path, "outbound request refused");
         let body = Bytes::from(
             serde_json::json!({ "error": error, "error_description": description }).to_string(),
         );
