@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz`, `/startupz`, `/readyz` and `/metrics`.
 //!
-//! `/healthz` says the process is alive. `/startupz` says a usable key set is loaded; a native
-//! sidecar's startup probe uses it, so the app starts only once the sidecar can verify.
+//! `/healthz` says the process is alive. `/startupz` says a usable key set is loaded and the
+//! inbound listener accepts connections; a native sidecar's startup probe uses it, so the app
+//! starts only once the sidecar can verify.
 //! `/readyz` adds that the app itself accepts connections (it must not be the startup probe: the
 //! app is not started until the sidecar's startup probe passes). Every "no" says why, in plain
 //! text. `/metrics` is the Prometheus text format. Nothing here ever shows a key.
@@ -26,6 +27,8 @@ pub struct Admin {
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub upstream: SocketAddr,
+    /// The inbound listener, checked so that "ready" never precedes "accepting".
+    pub listen: SocketAddr,
     pub tls: Option<Arc<ServerTls>>,
 }
 
@@ -39,6 +42,19 @@ impl Admin {
             )),
             (None, Some(e)) => Err(format!("keys: none loaded: {e}")),
             (None, None) => Err("keys: not loaded yet".to_string()),
+        }
+    }
+
+    async fn listener_status(&self) -> Result<String, String> {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_)) => Ok(format!("listener: {} accepting", self.listen)),
+            _ => Err(format!("listener: {} not accepting yet", self.listen)),
         }
     }
 
@@ -61,8 +77,12 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/healthz" => text(200, "ok\n".to_string()),
-            "/startupz" => verdict(vec![self.keys_status()]),
-            "/readyz" => verdict(vec![self.keys_status(), self.upstream_status().await]),
+            "/startupz" => verdict(vec![self.keys_status(), self.listener_status().await]),
+            "/readyz" => verdict(vec![
+                self.keys_status(),
+                self.listener_status().await,
+                self.upstream_status().await,
+            ]),
             "/metrics" => {
                 let body = self.metrics.render(&self.keys, self.tls.as_deref());
                 respond(200, "text/plain; version=0.0.4", body)

@@ -107,6 +107,7 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
         keys,
         metrics,
         upstream: settings.upstream,
+        listen: settings.listen,
         tls: server_tls.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin);

@@ -119,8 +119,14 @@ fn dry_run_lets_requests_through_and_counts_what_it_would_deny() {
     );
     let (_keys, upstream, sidecar) = with_config(&yaml, &[]);
     let nobody = token_with("k1", KEY1, json!({"roles": []}));
-    assert_eq!(get_with_token(sidecar.addr, "/admin", &nobody).status, 200);
+    let resp = get_with_token(sidecar.addr, "/admin", &nobody);
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), sidecar.log_text());
     assert_eq!(upstream.requests().len(), 1);
+    // Decisions are counted when the request is logged, just after the response is sent.
+    let counted = "portcullis_requests_total{decision=\"allow\",reason=\"dry_run\"} 1";
+    assert!(eventually(Duration::from_secs(2), || sidecar
+        .metrics()
+        .contains(counted)));
     let metrics = sidecar.metrics();
     assert!(
         metrics.contains(

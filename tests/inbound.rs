@@ -239,6 +239,11 @@ fn every_token_failure_is_refused_with_its_reason() {
         !log.contains(parts[1]) && !log.contains(parts[2]),
         "a token leaked into the log"
     );
+    // Decisions are counted when the request is logged, just after the response is sent.
+    let counted = "portcullis_requests_total{decision=\"deny\",reason=\"bad_signature\"} 2";
+    assert!(eventually(Duration::from_secs(2), || sidecar
+        .metrics()
+        .contains(counted)));
     let metrics = sidecar.metrics();
     assert!(
         metrics.contains("portcullis_requests_total{decision=\"deny\",reason=\"expired\"} 1"),
