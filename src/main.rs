@@ -6,8 +6,9 @@ use clap::Parser;
 use portcullis::cli::{Cli, Command, TokenCommand};
 use portcullis::config::{DEFAULT_LOG_LEVEL, Settings};
 
-/// mimalloc: fewer cycles per small allocation than glibc's malloc on pingora's request path
-/// (measured in bench/RESULTS.md).
+/// With `--features mimalloc`: fewer cycles per request than glibc's malloc, more resident
+/// memory (both measured in bench/RESULTS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
