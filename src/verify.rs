@@ -653,6 +653,14 @@ mod tests {
     }
 
     #[test]
+    fn large_tokens_verify() {
+        let pad = "g".repeat(1800);
+        let payload = format!(r#"{{"iss":"iss","aud":"todos","exp":1800000100,"groups":"{pad}"}}"#);
+        let claims = check(H, &payload).expect("a 2,400-character token is valid");
+        assert_eq!(claims.iss, "iss");
+    }
+
+    #[test]
     fn shapes_are_malformed() {
         let (_dir, keys) = keyset();
         for bad in ["", "a", "a.b", "a.b.c.d", "..", "a.b.", "!!!.b.c"] {
