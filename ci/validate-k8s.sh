@@ -124,7 +124,7 @@ for name in ("todo.yaml", "todo-classic.yaml"):
             check("limits" in container.get("resources", {}), f"{name}: {container['name']} has no limits")
             for mount in container.get("volumeMounts", []):
                 check("subPath" not in mount, f"{name}: subPath mount stops Secret updates")
-        check(sidecar["startupProbe"]["httpGet"]["path"] == "/readyz", f"{name}: startup probe")
+        check(sidecar["startupProbe"]["httpGet"]["path"] == "/startupz", f"{name}: startup probe must be /startupz")
     services = [d for d in docs(name) if d["kind"] == "Service"]
     check(services[0]["spec"]["ports"][0]["targetPort"] == "portcullis", f"{name}: Service must target the sidecar")
 
