@@ -365,7 +365,8 @@ impl ProxyHttp for Sidecar {
         }
 
         // Step 6: hand the app the verified caller.
-        let handle = match (&self.contexts, who.caller) {
+        // Recorded in the context at once, so that `logging` closes it whatever happens next.
+        ctx.context = match (&self.contexts, who.caller) {
             (Some(store), Some(caller)) => store.open(caller),
             _ => None,
         };
@@ -376,10 +377,9 @@ impl ProxyHttp for Sidecar {
         for (name, value) in who.headers {
             req.insert_header(name, value)?;
         }
-        if let Some(handle) = &handle {
+        if let Some(handle) = &ctx.context {
             req.insert_header(CONTEXT_HEADER, handle.as_str())?;
         }
-        ctx.context = handle;
         if ctx.reason.is_empty() {
             ctx.reason = "verified";
         }

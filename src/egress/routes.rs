@@ -105,13 +105,21 @@ impl EgressSettings {
         let listen_text = flag_listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_EGRESS_LISTEN.to_string());
-        let listen = listen_text.trim().parse().map_err(|_| {
+        let listen: SocketAddr = listen_text.trim().parse().map_err(|_| {
             err(
                 "--egress-listen",
                 format!("{listen_text:?} is not an IP:PORT address"),
                 "write it like 127.0.0.1:15001",
             )
         })?;
+        if !listen.ip().is_loopback() {
+            // Anyone who reaches this listener gets tokens minted as this service.
+            return Err(err(
+                "--egress-listen",
+                format!("{listen} is not a loopback address; anyone reaching it could mint tokens"),
+                "listen on 127.0.0.1 (the app shares the pod's network namespace)",
+            ));
+        }
         let ttl = flag_ttl.or(file.token_ttl).unwrap_or(60);
         if !(1..=3600).contains(&ttl) {
             return Err(err(
@@ -296,6 +304,13 @@ mod tests {
                 .expect("yaml");
         let e = EgressSettings::resolve(Some(file), None, None).expect_err("invalid");
         assert_eq!(e.field, "egress.routes[0]");
+    }
+
+    #[test]
+    fn egress_listens_on_loopback_only() {
+        let e =
+            EgressSettings::resolve(None, Some("0.0.0.0:15001".into()), None).expect_err("open");
+        assert_eq!(e.field, "--egress-listen");
     }
 
     #[test]
