@@ -214,7 +214,26 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         keys_dir = %settings.keys_dir.display(),
         "starting portcullis"
     );
+    check_addresses(&settings)?;
     let keys = start_key_store(&settings);
     let (server, in_flight) = build(&settings, keys)?;
     serve(server, in_flight, settings.shutdown_timeout)
+}
+
+/// pingora retries a busy address quietly; a trial bind says at once which flag to change.
+fn check_addresses(settings: &Settings) -> anyhow::Result<()> {
+    let egress = settings
+        .egress
+        .as_ref()
+        .map(|e| ("--egress-listen", e.listen));
+    let addresses = [
+        ("--listen", settings.listen),
+        ("--admin-listen", settings.admin_listen),
+    ];
+    for (flag, addr) in addresses.into_iter().chain(egress) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            anyhow::bail!("{flag} {addr}: cannot listen ({e}); choose a free address");
+        }
+    }
+    Ok(())
 }

@@ -284,3 +284,26 @@ fn readme_reference_lists_every_run_flag_and_its_variable() {
         assert!(readme.contains(&var), "README's reference lacks {var}");
     }
 }
+
+#[test]
+fn a_busy_listen_address_is_named_at_start() {
+    let keys = KeyDir::new(&[("k1", KEY1)]);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = keys.path.to_str().expect("path");
+    let args = [
+        "run",
+        "--identity",
+        "todos",
+        "--issuer",
+        ISSUER,
+        "--keys-dir",
+        path,
+        "--listen",
+        &addr,
+    ];
+    let (code, _, err) = portcullis(&[&args[..], &["--admin-listen", &admin]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--listen") && err.contains(&addr), "{err}");
+}
