@@ -17,9 +17,13 @@
 //! | [`metrics`] | the Prometheus registry and the counters the hot path touches |
 //! | [`config`] | flags, environment and YAML merged into one validated [`config::Settings`] |
 //! | [`mint`] | signing tokens, for `token mint` and the outbound side |
+//! | [`tls`] | TLS material reloaded per handshake; client certificates and SPIFFE identities |
+//! | [`rules`] | authorization rules (deny first, then allow), path normalisation |
+//! | [`egress`], [`context`] | the outbound listener minting per-route tokens; on-behalf-of handles |
 //!
-//! Around them sit the command-line tools: [`cli`] (argument definitions), [`demo`],
-//! [`tools`] (`token mint`, `token inspect`, `check`) and [`telemetry`] (logging set-up).
+//! Around them sit the command-line tools: [`cli`] (argument definitions), [`demo`] and
+//! [`echo`], [`tools`] (`token mint`, `token inspect`, `check`), [`inject`] (the admission
+//! webhook), [`run`] (assembly and shutdown) and [`telemetry`] (logging set-up).
 
 pub mod admin;
 pub mod answer;
