@@ -4,7 +4,7 @@
 //! The handler only decodes the review, calls [`mutate()`] and encodes its answer; a body that is
 //! not a v1 `AdmissionReview` gets `400` with an `AdmissionReview` whose response explains why
 //! (there is no `uid` to answer to, so the API server applies the webhook's `failurePolicy`).
-//! TLS runs on pingora with the serving certificate from [`crate::certs`], reloaded when the
+//! TLS runs on pingora with the serving certificate from [`crate::tls`], reloaded when the
 //! mounted Secret changes, so cert-manager can rotate it under a running webhook.
 
 use async_trait::async_trait;
