@@ -27,6 +27,7 @@ fn a_new_key_is_picked_up_and_a_removed_one_stops_working() {
     )
     .status
         == 200));
+    assert_eq!(get_with_token(sidecar.addr, "/", &good_token()).status, 200);
     assert_eq!(get_with_token(sidecar.addr, "/", &k2_token()).status, 401);
 
     keys.update(&[("k1", KEY1), ("k2", KEY2)]);
