@@ -228,28 +228,13 @@ pub fn run_story() -> Vec<Step> {
         KEY1,
         serde_json::json!({"aud": "share", "sub": "bob", "roles": ["user"]}),
     );
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            &ca_file,
-        ])
-        .args([
-            "--resolve",
-            &format!("share.default.svc:{}:127.0.0.1", share.sidecar.addr.port()),
-        ])
-        .args(["-H", &format!("Authorization: Bearer {bob}")])
-        .arg(format!(
-            "https://share.default.svc:{}/shared-with-me",
-            share.sidecar.addr.port()
-        ))
-        .output()
-        .expect("curl");
-    let status = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    let status = curl_status(
+        &ca_file,
+        "share",
+        share.sidecar.addr,
+        "/shared-with-me",
+        Some(&bob),
+    );
     step(
         "Bob asks share; share calls todos on his behalf",
         200,
@@ -257,27 +242,7 @@ pub fn run_story() -> Vec<Step> {
         &todos_app,
     );
 
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            &ca_file,
-        ])
-        .args([
-            "--resolve",
-            &format!("todos.default.svc:{}:127.0.0.1", todos.sidecar.addr.port()),
-        ])
-        .arg(format!(
-            "https://todos.default.svc:{}/todos",
-            todos.sidecar.addr.port()
-        ))
-        .output()
-        .expect("curl");
-    let status = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    let status = curl_status(&ca_file, "todos", todos.sidecar.addr, "/todos", None);
     step(
         "an outside client with no certificate and no token calls todos",
         401,
@@ -296,6 +261,37 @@ pub fn run_story() -> Vec<Step> {
     }
     drop((reminder, todos, share));
     steps
+}
+
+/// An HTTPS request with curl (an independent client) to `<service>.default.svc` at `addr`,
+/// trusting only the test CA; returns the status (0 when the connection failed).
+fn curl_status(
+    ca_file: &str,
+    service: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> u16 {
+    let host = format!("{service}.default.svc");
+    let mut curl = std::process::Command::new("curl");
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        ca_file,
+    ])
+    .args(["--resolve", &format!("{host}:{}:127.0.0.1", addr.port())]);
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = curl
+        .arg(format!("https://{host}:{}{path}", addr.port()))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
 }
 
 #[allow(dead_code)]

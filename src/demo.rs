@@ -125,9 +125,14 @@ fn print_guide(keys_dir: &Path, settings: &Settings) -> anyhow::Result<()> {
          curl -s {url}/todos -H 'X-Auth-Subject: admin' -H 'Authorization: Bearer {good}'\n\n\
          Public route (no token needed): curl -s {url}/public/hello\n\
          Inspect a token offline:\n  \
-         portcullis token inspect {wrong_aud} --keys-dir {keys} --identity {IDENTITY} --issuer {ISSUER}\n\
-         Mint another: portcullis token mint --keys-dir {keys} --issuer {ISSUER} --audience {IDENTITY} --subject bob\n\
-         Admin: curl -s {admin}/readyz ; curl -s {admin}/metrics | grep portcullis_requests_total\n\n\
+         portcullis token inspect {wrong_aud} \\\n    \
+         --keys-dir {keys} --identity {IDENTITY} --issuer {ISSUER}\n\
+         Mint another:\n  \
+         portcullis token mint --keys-dir {keys} --issuer {ISSUER} \\\n    \
+         --audience {IDENTITY} --subject bob\n\
+         Admin:\n  \
+         curl -s {admin}/readyz\n  \
+         curl -s {admin}/metrics | grep portcullis_requests_total\n\n\
          Ctrl-C to stop.\n",
         up = settings.upstream,
         keys = keys_dir.display(),

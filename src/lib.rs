@@ -19,7 +19,7 @@
 //! | [`mint`] | signing tokens, for `token mint` and the outbound side |
 //! | [`tls`] | TLS material reloaded per handshake; client certificates and SPIFFE identities |
 //! | [`rules`] | authorization rules (deny first, then allow), path normalisation |
-//! | [`egress`], [`context`] | the outbound listener minting per-route tokens; on-behalf-of handles |
+//! | [`egress`], [`context`] | the outbound listener minting tokens; on-behalf-of handles |
 //!
 //! Around them sit the command-line tools: [`cli`] (argument definitions), [`demo`] and
 //! [`echo`], [`tools`] (`token mint`, `token inspect`, `check`), [`inject`] (the admission

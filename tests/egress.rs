@@ -92,9 +92,11 @@ fn pair() -> Pair {
     std::fs::write(
         &config,
         format!(
-            "egress:\n  listen: {egress}\n  token_ttl: 30\n  routes:\n  - host: todos\n    upstream: {}\n    audience: todos\n    \
-             tls: {{server_name: todos.default.svc, ca_file: {}}}\n  - path_prefix: /plain/\n    strip_prefix: true\n    \
-             upstream: 127.0.0.1:9\n    audience: nobody\n",
+            "egress:\n  listen: {egress}\n  token_ttl: 30\n  routes:\n\
+             \x20 - host: todos\n    upstream: {}\n    audience: todos\n\
+             \x20   tls: {{server_name: todos.default.svc, ca_file: {}}}\n\
+             \x20 - path_prefix: /plain/\n    strip_prefix: true\n\
+             \x20   upstream: 127.0.0.1:9\n    audience: nobody\n",
             todos.addr,
             f(&share_secret, "ca.crt")
         ),
