@@ -177,7 +177,11 @@ impl Sidecar {
         }
         if let Some(v) = &verified {
             v.key.usage.record(now);
-            self.identity_headers(v, &mut who.headers)?;
+            // The whole claim set is parsed once, and only when rules or claim headers need it.
+            if !self.policy.is_empty() || !self.claim_headers.is_empty() {
+                who.claims = Some(v.claims_map());
+            }
+            self.identity_headers(v, who.claims.as_ref(), &mut who.headers)?;
             who.caller = v.claims.sub.as_ref().map(|sub| Caller {
                 subject: sub.clone(),
                 roles: v.claims.roles.clone(),
@@ -187,7 +191,6 @@ impl Sidecar {
             who.principals.extend(peer_id.map(str::to_string));
             who.principals
                 .extend(verified.as_ref().and_then(|v| v.claims.sub.clone()));
-            who.claims = verified.as_ref().map(Verified::claims_map);
         }
         Ok(who)
     }
@@ -255,6 +258,7 @@ impl Sidecar {
     fn identity_headers(
         &self,
         v: &Verified<'_>,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
         out: &mut Vec<(HeaderName, HeaderValue)>,
     ) -> Result<(), Rejection> {
         if let Some(sub) = &v.claims.sub {
@@ -283,8 +287,7 @@ impl Sidecar {
             HeaderName::from_static("x-auth-claims"),
             header_value(v.payload_b64)?,
         ));
-        if !self.claim_headers.is_empty() {
-            let claims = v.claims_map();
+        if let Some(claims) = claims {
             for (claim, header) in &self.claim_headers {
                 if let Some(value) = claims.get(claim).and_then(claim_text) {
                     out.push((header.clone(), header_value(&value)?));
