@@ -6,11 +6,11 @@
 //! [`crate::answer`].
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName};
 use pingora::http::RequestHeader;
 
 use crate::answer::Rejection;
-use crate::config::{IDENTITY_HEADERS, PublicPath};
+use crate::config::IDENTITY_HEADERS;
 use crate::context::CONTEXT_HEADER;
 use crate::verify::TokenError;
 
@@ -24,10 +24,7 @@ pub fn strip_identity_headers(req: &mut RequestHeader, claim_headers: &[HeaderNa
     let reserved: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            n.starts_with(RESERVED_PREFIX) || n == CONTEXT_HEADER || claim_headers.contains(name)
-        })
+        .filter(|name| is_identity_header(name.as_str(), claim_headers))
         .cloned()
         .collect();
     for name in reserved {
@@ -40,40 +37,79 @@ pub fn strip_identity_headers(req: &mut RequestHeader, claim_headers: &[HeaderNa
     );
 }
 
-/// Whether the request is on a public route.
-pub fn is_public(routes: &[PublicPath], method: &str, uri: &Uri) -> bool {
-    let path = uri.path();
-    routes.iter().any(|r| r.matches(method, path))
+/// Whether a header name (in any case) is one only portcullis may set.
+pub fn is_identity_header(name: &str, claim_headers: &[HeaderName]) -> bool {
+    let n = name.as_bytes();
+    (n.len() >= RESERVED_PREFIX.len()
+        && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+        || name.eq_ignore_ascii_case(CONTEXT_HEADER)
+        || claim_headers
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
+/// The `Authorization` headers of a request, as far as the bearer check cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'r> {
+    None,
+    One(&'r [u8]),
+    /// More than one `Authorization` header.
+    Many,
+}
+
+impl<'r> Authorization<'r> {
+    /// Collects the `Authorization` header values, in order.
+    pub fn from_values(values: impl IntoIterator<Item = &'r [u8]>) -> Self {
+        let mut values = values.into_iter();
+        match (values.next(), values.next()) {
+            (None, _) => Self::None,
+            (Some(one), None) => Self::One(one),
+            (Some(_), Some(_)) => Self::Many,
+        }
+    }
+
+    pub fn from_headers(headers: &'r HeaderMap) -> Self {
+        Self::from_values(headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()))
+    }
 }
 
 /// The bearer token of a request, or why there is none usable.
 ///
 /// Exactly one `Authorization` header; the scheme is case-insensitive; the token must follow
 /// the `b64token` grammar. A token in the query string is never accepted.
-pub fn bearer_token<'r>(headers: &'r HeaderMap, uri: &Uri) -> Result<&'r str, Rejection> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let in_query = query_has_token(uri);
-    let Some(value) = values.next() else {
-        return Err(if in_query {
-            Rejection::InvalidRequest("tokens are not accepted in the query string")
-        } else {
-            Rejection::MissingCredentials
-        });
+pub fn bearer_token<'r>(
+    authorization: Authorization<'r>,
+    query: Option<&str>,
+) -> Result<&'r str, Rejection> {
+    let in_query = query.is_some_and(query_has_token);
+    let value = match authorization {
+        Authorization::None if in_query => {
+            return Err(Rejection::InvalidRequest(
+                "tokens are not accepted in the query string",
+            ));
+        }
+        Authorization::None => return Err(Rejection::MissingCredentials),
+        Authorization::Many => {
+            return Err(Rejection::InvalidRequest(
+                "more than one Authorization header",
+            ));
+        }
+        Authorization::One(_) if in_query => {
+            return Err(Rejection::InvalidRequest(
+                "token sent in more than one place",
+            ));
+        }
+        Authorization::One(value) => value,
     };
-    if values.next().is_some() {
-        return Err(Rejection::InvalidRequest(
-            "more than one Authorization header",
-        ));
-    }
-    if in_query {
-        return Err(Rejection::InvalidRequest(
-            "token sent in more than one place",
-        ));
-    }
-
+    // Visible ASCII and tabs only, as `http::HeaderValue::to_str` would have it.
     let value = value
-        .to_str()
-        .map_err(|_| Rejection::InvalidToken(TokenError::Malformed("token is not ASCII")))?;
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+        .ok_or(Rejection::InvalidToken(TokenError::Malformed(
+            "token is not ASCII",
+        )))?;
     let (scheme, rest) = match value.split_once(' ') {
         Some((s, r)) => (s, r),
         None => (value, ""),
@@ -113,49 +149,45 @@ static B64TOKEN: [bool; 256] = {
     table
 };
 
-fn query_has_token(uri: &Uri) -> bool {
-    uri.query().is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split('=').next() == Some("access_token"))
-    })
+fn query_has_token(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("access_token"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn head(auth: &[&str], uri: &str) -> (HeaderMap, Uri) {
-        let mut h = HeaderMap::new();
-        for a in auth {
-            h.append(AUTHORIZATION, a.parse().expect("value"));
-        }
-        (h, uri.parse().expect("uri"))
+    fn head(auth: &[&'static str], uri: &'static str) -> (Authorization<'static>, Option<&'static str>) {
+        let values = auth.iter().map(|a| a.as_bytes());
+        (Authorization::from_values(values), uri.split_once('?').map(|(_, q)| q))
     }
 
     #[test]
     fn scheme_is_case_insensitive() {
         let (h, u) = head(&["bEaReR abc.def.ghi"], "/");
-        assert_eq!(bearer_token(&h, &u), Ok("abc.def.ghi"));
+        assert_eq!(bearer_token(h, u), Ok("abc.def.ghi"));
     }
 
     #[test]
     fn missing_and_other_schemes_ask_for_credentials() {
         let (h, u) = head(&[], "/");
-        assert_eq!(bearer_token(&h, &u), Err(Rejection::MissingCredentials));
+        assert_eq!(bearer_token(h, u), Err(Rejection::MissingCredentials));
         let (h, u) = head(&["Basic dXNlcjpwYXNz"], "/");
-        assert_eq!(bearer_token(&h, &u), Err(Rejection::MissingCredentials));
+        assert_eq!(bearer_token(h, u), Err(Rejection::MissingCredentials));
     }
 
     #[test]
     fn two_headers_or_empty_token_are_invalid_requests() {
         let (h, u) = head(&["Bearer a.b.c", "Bearer a.b.c"], "/");
         assert!(matches!(
-            bearer_token(&h, &u),
+            bearer_token(h, u),
             Err(Rejection::InvalidRequest(_))
         ));
         let (h, u) = head(&["Bearer "], "/");
         assert!(matches!(
-            bearer_token(&h, &u),
+            bearer_token(h, u),
             Err(Rejection::InvalidRequest(_))
         ));
     }
@@ -164,12 +196,12 @@ mod tests {
     fn query_string_tokens_are_refused() {
         let (h, u) = head(&[], "/x?access_token=a.b.c");
         assert!(matches!(
-            bearer_token(&h, &u),
+            bearer_token(h, u),
             Err(Rejection::InvalidRequest(_))
         ));
         let (h, u) = head(&["Bearer a.b.c"], "/x?a=1&access_token=a.b.c");
         assert!(matches!(
-            bearer_token(&h, &u),
+            bearer_token(h, u),
             Err(Rejection::InvalidRequest(_))
         ));
     }
@@ -178,7 +210,7 @@ mod tests {
     fn grammar_is_enforced() {
         let (h, u) = head(&["Bearer a.b.c,d"], "/");
         assert!(matches!(
-            bearer_token(&h, &u),
+            bearer_token(h, u),
             Err(Rejection::InvalidToken(_))
         ));
     }

@@ -43,8 +43,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     start_echo(upstream)?;
     print_guide(&keys_dir, &settings)?;
     let keys = crate::run::start_key_store(&settings);
-    let (server, in_flight) = crate::run::build(&settings, keys)?;
-    crate::run::serve(server, in_flight, settings.shutdown_timeout)
+    let built = crate::run::build(&settings, keys)?;
+    crate::run::serve(built, settings.shutdown_timeout)
 }
 
 /// Creates `dir/..<timestamp>/<kid>`, `dir/..data -> ..<timestamp>` and

@@ -20,6 +20,8 @@ use crate::context::ContextStore;
 use crate::egress::{Egress, EgressSettings};
 use crate::keys::{self, KeyStore};
 use crate::metrics::Metrics;
+use crate::forward::Forwarder;
+use crate::pipeline::Pipeline;
 use crate::proxy::{InFlight, Sidecar};
 use crate::tls::{ServerTls, UpstreamTls};
 use crate::watch::{self, WatchOptions};
@@ -47,7 +49,7 @@ pub fn start_key_store(settings: &Settings) -> Arc<KeyStore> {
 }
 
 /// Builds the pingora server for these settings; `serve` runs it.
-pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server, Arc<InFlight>)> {
+pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<Built> {
     let metrics = Metrics::new()?;
     let in_flight = Arc::new(InFlight::default());
     let server_tls = start_server_tls(settings)?;
@@ -66,25 +68,40 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let sidecar = Sidecar::new(
+    let pipeline = Arc::new(Pipeline::new(
         settings,
         keys.clone(),
         metrics.clone(),
-        in_flight.clone(),
         contexts.clone(),
-    );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, sidecar, "inbound");
-    let listen = settings.listen.to_string();
+    ));
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     match &server_tls {
+        // TLS (and so mTLS) is served by pingora, whose OpenSSL callbacks choose the
+        // certificate per handshake and read the peer's.
         Some(tls) => {
+            let sidecar = Sidecar::new(settings, pipeline, in_flight.clone());
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &server.configuration,
+                sidecar,
+                "inbound",
+            );
             let callbacks = Box::new(crate::tls::Callbacks(tls.clone()));
             let tls_settings = TlsSettings::with_callbacks(callbacks)?;
-            proxy.add_tls_with_settings(&listen, None, tls_settings);
+            proxy.add_tls_with_settings(&settings.listen.to_string(), None, tls_settings);
+            server.add_service(proxy);
         }
-        None => proxy.add_tcp(&listen),
+        // Plain HTTP: the lean forwarder.
+        None => {
+            let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| {
+                anyhow::anyhow!(
+                    "--listen {}: cannot listen ({e}); choose a free address",
+                    settings.listen
+                )
+            })?;
+            let forwarder = Arc::new(Forwarder::new(settings, pipeline, in_flight.clone()));
+            forwarder.start(listener, settings.threads, shutdown_rx)?;
+        }
     }
-    server.add_service(proxy);
 
     if let (Some(egress), Some(contexts)) = (&settings.egress, contexts) {
         let route_tls = egress_tls(egress, server_tls.as_ref())?;
@@ -114,7 +131,19 @@ pub fn build(settings: &Settings, keys: Arc<KeyStore>) -> anyhow::Result<(Server
     admin.add_tcp(&settings.admin_listen.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
-    Ok((server, in_flight))
+    Ok(Built {
+        server,
+        in_flight,
+        shutdown,
+    })
+}
+
+/// A sidecar ready to run: the pingora server (admin, TLS listener, egress), the requests in
+/// flight, and the switch that stops the plain-HTTP forwarder accepting.
+pub struct Built {
+    pub server: Server,
+    pub in_flight: Arc<InFlight>,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Loads the inbound certificate (fatal if unusable at start) and keeps it fresh.
@@ -163,11 +192,16 @@ fn egress_tls(
 }
 
 /// Runs the server until SIGTERM (graceful) or SIGINT (immediate). Never returns.
-pub fn serve(server: Server, in_flight: Arc<InFlight>, shutdown_timeout: Duration) -> ! {
+pub fn serve(built: Built, shutdown_timeout: Duration) -> ! {
+    let Built {
+        server,
+        in_flight,
+        shutdown,
+    } = built;
     let phases = server.watch_execution_phase();
     thread::Builder::new()
         .name("drain".into())
-        .spawn(move || drain_then_exit(phases, in_flight, shutdown_timeout))
+        .spawn(move || drain_then_exit(phases, in_flight, shutdown, shutdown_timeout))
         .ok();
     server.run_forever()
 }
@@ -176,6 +210,7 @@ pub fn serve(server: Server, in_flight: Arc<InFlight>, shutdown_timeout: Duratio
 fn drain_then_exit(
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     in_flight: Arc<InFlight>,
+    forwarder: tokio::sync::watch::Sender<bool>,
     timeout: Duration,
 ) {
     loop {
@@ -189,6 +224,9 @@ fn drain_then_exit(
         in_flight = in_flight.count(),
         "shutting down, draining requests"
     );
+    // The forwarder stops accepting and closes idle connections; pingora's services stop
+    // on their own.
+    forwarder.send_replace(true);
     let deadline = Instant::now() + timeout;
     // Let the listeners see the shutdown before counting.
     thread::sleep(Duration::from_millis(50));
@@ -216,8 +254,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     );
     check_addresses(&settings)?;
     let keys = start_key_store(&settings);
-    let (server, in_flight) = build(&settings, keys)?;
-    serve(server, in_flight, settings.shutdown_timeout)
+    let built = build(&settings, keys)?;
+    serve(built, settings.shutdown_timeout)
 }
 
 /// pingora retries a busy address quietly; a trial bind says at once which flag to change.
