@@ -112,6 +112,10 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_THREADS")]
     pub threads: Option<usize>,
 
+    /// Verified tokens remembered per worker thread (0 turns the cache off) [default: 1024].
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE")]
+    pub token_cache: Option<usize>,
+
     /// Idle upstream connections kept for reuse [default: 128].
     #[arg(long, env = "PORTCULLIS_UPSTREAM_POOL_SIZE")]
     pub upstream_pool_size: Option<usize>,

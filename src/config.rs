@@ -81,6 +81,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub threads: Option<usize>,
+    pub token_cache: Option<usize>,
     pub upstream_pool_size: Option<usize>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_idle_timeout: Option<u64>,
@@ -225,6 +226,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub threads: usize,
+    /// Verified-token cache entries per worker thread; 0 = off.
+    pub token_cache: usize,
     pub upstream_pool_size: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_idle_timeout: Duration,
@@ -317,6 +320,14 @@ impl Settings {
                 "make it larger than --max-token-bytes plus the other headers",
             ));
         }
+        let token_cache = args.token_cache.or(file.token_cache).unwrap_or(1024);
+        if token_cache > 1 << 20 {
+            return Err(ConfigError::new(
+                "--token-cache",
+                format!("{token_cache} is out of range"),
+                "use at most 1048576 entries, or 0 to turn the cache off",
+            ));
+        }
         let threads = args.threads.or(file.threads).unwrap_or(1);
         if !(1..=64).contains(&threads) {
             return Err(ConfigError::new(
@@ -400,6 +411,7 @@ impl Settings {
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
             threads,
+            token_cache,
             upstream_pool_size: args
                 .upstream_pool_size
                 .or(file.upstream_pool_size)

@@ -111,6 +111,8 @@ impl std::fmt::Debug for Key {
 /// A complete, validated set of keys.
 #[derive(Debug)]
 pub struct KeySet {
+    /// Unique to this loaded set: what the verified-token cache is tied to.
+    pub generation: u64,
     /// Sorted by kid.
     keys: Vec<Key>,
     by_kid: HashMap<String, usize>,
@@ -199,7 +201,9 @@ impl KeySet {
             })?,
             None => keys.len() - 1,
         };
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Self {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             keys,
             by_kid,
             signing,

@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod answer;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -13,13 +13,14 @@ use http::HeaderName;
 
 use crate::answer::{Answer, Rejection};
 use crate::auth::{self, Authorization};
+use crate::cache::{Established, TokenCache};
 use crate::config::{AuthMode, PublicPath, Settings};
 use crate::context::{Caller, ContextStore};
-use crate::keys::{KeyStore, now_unix};
+use crate::keys::{KeySet, KeyStore, now_unix};
 use crate::metrics::Metrics;
 use crate::rules::{Policy, RequestFacts};
 use crate::tls::PeerIdentity;
-use crate::verify::{TokenError, Verified, Verifier};
+use crate::verify::{Claims, TokenError, Verifier};
 
 /// What the pipeline needs to know about one request.
 pub struct Inbound<'a> {
@@ -53,6 +54,7 @@ pub struct Pipeline {
     pub identity: String,
     public_paths: Vec<PublicPath>,
     verifier: Verifier,
+    cache: TokenCache,
     /// Pass `Authorization` on to the app (off by default: the app never sees the token).
     pub forward_token: bool,
     pub max_header_bytes: usize,
@@ -73,7 +75,7 @@ struct Authenticated {
     /// The mTLS peer identity and the token subject: what rules call principals.
     principals: Vec<String>,
     /// The verified claim set, parsed only when the rules or claim headers need it.
-    claims: Option<serde_json::Map<String, serde_json::Value>>,
+    claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Pipeline {
@@ -92,6 +94,7 @@ impl Pipeline {
                 leeway: settings.leeway,
                 max_token_bytes: settings.max_token_bytes,
             },
+            cache: TokenCache::new(settings.token_cache),
             forward_token: settings.forward_token,
             max_header_bytes: settings.max_header_bytes,
             claim_headers: settings.claim_headers.clone(),
@@ -164,9 +167,7 @@ impl Pipeline {
         if !reason.is_empty() {
             self.metrics.decided(reason);
         }
-        self.metrics
-            .duration
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
     }
 
     /// Authenticates the request by the configured modes; on success returns who called.
@@ -188,11 +189,7 @@ impl Pipeline {
         };
         let now = now_unix();
         let verified = match (token, keys.as_deref()) {
-            (Some(t), Some(k)) => Some(
-                self.verifier
-                    .verify(t, k, now)
-                    .map_err(Rejection::InvalidToken)?,
-            ),
+            (Some(t), Some(k)) => Some(self.establish(t, k, now)?),
             _ => None,
         };
         let peer_id = match req.peer {
@@ -216,13 +213,12 @@ impl Pipeline {
         if let Some(id) = peer_id {
             sink.add("x-auth-peer", checked(id)?);
         }
-        if let Some(v) = &verified {
-            v.key.usage.record(now);
-            // The whole claim set is parsed once, and only when rules or claim headers need it.
-            if !self.policy.is_empty() || !self.claim_headers.is_empty() {
-                who.claims = Some(v.claims_map());
+        if let (Some(v), Some(t), Some(k)) = (&verified, token, keys.as_deref()) {
+            if let Some(key) = k.get(&v.kid) {
+                key.usage.record(now);
             }
-            self.identity_headers(v, who.claims.as_ref(), sink)?;
+            who.claims = v.claims_map.clone();
+            self.identity_headers(&v.claims, payload_segment(t), who.claims.as_deref(), sink)?;
             if self.contexts.is_some() {
                 who.caller = v.claims.sub.as_ref().map(|sub| Caller {
                     subject: sub.clone(),
@@ -238,6 +234,28 @@ impl Pipeline {
         Ok(who)
     }
 
+    /// A verified token's claims: from the cache, or verified now (and then remembered).
+    fn establish(&self, token: &str, keys: &KeySet, now: u64) -> Result<Established, Rejection> {
+        if let Some(hit) = self.cache.get(token, keys, now) {
+            return Ok(hit);
+        }
+        let v = self
+            .verifier
+            .verify(token, keys, now)
+            .map_err(Rejection::InvalidToken)?;
+        // The whole claim set is parsed once, and only when rules or claim headers need it.
+        let claims_map = (!self.policy.is_empty() || !self.claim_headers.is_empty())
+            .then(|| Arc::new(v.claims_map()));
+        let expires = v.claims.exp + self.verifier.leeway as f64;
+        let established = Established {
+            kid: v.key.kid.as_str().into(),
+            claims: Arc::new(v.claims),
+            claims_map,
+        };
+        self.cache.put(token, keys, expires, &established);
+        Ok(established)
+    }
+
     /// Applies the rules to an authenticated request; a dry run only logs and counts.
     fn authorize(&self, req: &Inbound<'_>, who: &Authenticated) -> Result<&'static str, Rejection> {
         if self.policy.is_empty() {
@@ -248,7 +266,7 @@ impl Pipeline {
             method: req.method,
             path: req.path,
             principals: &principals,
-            claims: who.claims.as_ref(),
+            claims: who.claims.as_deref(),
         };
         let decision = self.policy.evaluate(&facts);
         let Some(denial) = decision.denial() else {
@@ -293,22 +311,23 @@ impl Pipeline {
     /// The headers the app receives for a verified token.
     fn identity_headers(
         &self,
-        v: &Verified<'_>,
+        verified: &Claims,
+        payload_b64: &str,
         claims: Option<&serde_json::Map<String, serde_json::Value>>,
         sink: &mut impl HeaderSink,
     ) -> Result<(), Rejection> {
-        if let Some(sub) = &v.claims.sub {
+        if let Some(sub) = &verified.sub {
             sink.add("x-auth-subject", checked(sub)?);
         }
-        sink.add("x-auth-issuer", checked(&v.claims.iss)?);
-        if !v.claims.roles.is_empty() {
-            sink.add("x-auth-roles", checked(&v.claims.roles.join(","))?);
+        sink.add("x-auth-issuer", checked(&verified.iss)?);
+        if !verified.roles.is_empty() {
+            sink.add("x-auth-roles", checked(&verified.roles.join(","))?);
         }
-        if let Some(actor) = &v.claims.actor {
+        if let Some(actor) = &verified.actor {
             sink.add("x-auth-actor", checked(actor)?);
         }
         // The payload is base64url (checked by the verifier): always a valid header value.
-        sink.add("x-auth-claims", v.payload_b64);
+        sink.add("x-auth-claims", payload_b64);
         if let Some(claims) = claims {
             for (claim, header) in &self.claim_headers {
                 if let Some(value) = claims.get(claim).and_then(claim_text) {
@@ -317,6 +336,14 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+/// The payload segment of a token that verified (so it has exactly two dots).
+fn payload_segment(token: &str) -> &str {
+    match (token.find('.'), token.rfind('.')) {
+        (Some(a), Some(b)) if a < b => &token[a + 1..b],
+        _ => "",
     }
 }
 

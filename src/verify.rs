@@ -226,15 +226,14 @@ fn split(token: &str) -> Result<(&str, &str, &str), TokenError> {
     if token.is_empty() {
         return Err(TokenError::Malformed("empty token"));
     }
-    let bytes = token.as_bytes();
-    let mut dots = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'.')
-        .map(|(i, _)| i);
-    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
+    let dot = |from: usize| token[from..].find('.').map(|i| from + i);
+    let first = dot(0);
+    let (Some(first), Some(second)) = (first, first.and_then(|f| dot(f + 1))) else {
         return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
     };
+    if dot(second + 1).is_some() {
+        return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
+    }
     let (h, p, s) = (
         &token[..first],
         &token[first + 1..second],

@@ -26,19 +26,27 @@ impl std::error::Error for ChunkError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits; `digits` so far.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the digits: optional whitespace, then `;` or CR.
     AfterSize,
     /// Inside chunk extensions, up to CR.
-    Extension { len: usize },
+    Extension {
+        len: usize,
+    },
     /// CR seen after the size line, expecting LF.
     SizeLf,
     Data,
     DataCr,
     DataLf,
     /// After the last chunk: trailer lines; `line` bytes into the current one.
-    Trailer { line: usize },
-    TrailerLf { line: usize },
+    Trailer {
+        line: usize,
+    },
+    TrailerLf {
+        line: usize,
+    },
     Done,
 }
 
@@ -122,7 +130,9 @@ impl Chunked {
                     b'\t' | 0x20..=0x7e | 0x80..=0xff if len < MAX_EXTENSION => {
                         self.state = State::Extension { len: len + 1 };
                     }
-                    _ if len >= MAX_EXTENSION => return Err(ChunkError("chunk extension too long")),
+                    _ if len >= MAX_EXTENSION => {
+                        return Err(ChunkError("chunk extension too long"));
+                    }
                     _ => return Err(ChunkError("control byte in a chunk extension")),
                 },
                 State::SizeLf => {
@@ -248,7 +258,11 @@ mod tests {
             b"0\r\nx\n\r\n",
             b"3\r\nabc\r\n0\r\n\r\r",
         ] {
-            assert!(decode_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

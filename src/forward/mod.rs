@@ -318,15 +318,19 @@ impl Conn {
                     }
                     Ok(httparse::Status::Partial) if self.inbuf.filled().len() >= limit => {
                         self.fwd.pipeline.metrics.decided("head_too_large");
-                        self.answer_close(&Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity))
-                            .await;
+                        self.answer_close(
+                            &Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity),
+                        )
+                        .await;
                         return None;
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(httparse::Error::TooManyHeaders) => {
                         self.fwd.pipeline.metrics.decided("head_too_large");
-                        self.answer_close(&Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity))
-                            .await;
+                        self.answer_close(
+                            &Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity),
+                        )
+                        .await;
                         return None;
                     }
                     Err(error) => {
@@ -343,7 +347,8 @@ impl Conn {
                     _ = self.shutdown.changed() => return None,
                 }
             } else {
-                let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                let at =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
                 tokio::time::timeout_at(at, self.inbuf.fill(&mut self.client, limit)).await
             };
             match read {
@@ -368,12 +373,10 @@ impl Conn {
         let allowed = match outcome {
             Ok(allowed) => allowed,
             Err(Refusal::Decision(rejection, path)) => {
-                let answer = self.fwd.pipeline.refuse(
-                    &rejection,
-                    &p.method,
-                    &path,
-                    &self.peer.to_string(),
-                );
+                let answer =
+                    self.fwd
+                        .pipeline
+                        .refuse(&rejection, &p.method, &path, &self.peer.to_string());
                 self.fwd.pipeline.finish(rejection.reason(), None, start);
                 // Whatever body follows is not read: the connection ends with the answer.
                 let keep = p.keep_alive && p.body == Framing::None;
@@ -467,10 +470,15 @@ impl Conn {
             }
             Framing::Length(n) => {
                 let mut left = n;
-                let take = self.inbuf.filled().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let take = self
+                    .inbuf
+                    .filled()
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
                 self.resp_out.clear();
                 self.resp_out.extend_from_slice(&self.req_out);
-                self.resp_out.extend_from_slice(&self.inbuf.filled()[..take]);
+                self.resp_out
+                    .extend_from_slice(&self.inbuf.filled()[..take]);
                 self.inbuf.consume(take);
                 left -= take as u64;
                 app.stream
@@ -484,8 +492,11 @@ impl Conn {
                         }
                         Ok(_) => {}
                     }
-                    let take =
-                        self.inbuf.filled().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let take = self
+                        .inbuf
+                        .filled()
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
                     app.stream
                         .write_all(&self.inbuf.filled()[..take])
                         .await
@@ -543,7 +554,11 @@ impl Conn {
                         let code = resp.code.unwrap_or(0);
                         if code == 101 && p.upgrade {
                             self.resp_out.clear();
-                            write_response_head(&mut self.resp_out, &resp, ResponseFraming::Upgrade);
+                            write_response_head(
+                                &mut self.resp_out,
+                                &resp,
+                                ResponseFraming::Upgrade,
+                            );
                             self.upbuf.consume(n);
                             return Ok(self.tunnel(app).await);
                         }
@@ -552,11 +567,17 @@ impl Conn {
                             // passed to HTTP/1.1 clients.
                             if code != 100 && code != 101 && !p.http10 {
                                 self.resp_out.clear();
-                                write_response_head(&mut self.resp_out, &resp, ResponseFraming::Interim);
+                                write_response_head(
+                                    &mut self.resp_out,
+                                    &resp,
+                                    ResponseFraming::Interim,
+                                );
                                 let _ = self.client.write_all(&self.resp_out).await;
                             }
                             if code == 101 {
-                                return Err(UpstreamError::Malformed("101 without an upgrade request"));
+                                return Err(UpstreamError::Malformed(
+                                    "101 without an upgrade request",
+                                ));
                             }
                             self.upbuf.consume(n);
                             continue;
@@ -633,8 +654,13 @@ impl Conn {
             }
             Framing::Length(n) => {
                 let mut left = n;
-                let take = self.upbuf.filled().len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.resp_out.extend_from_slice(&self.upbuf.filled()[..take]);
+                let take = self
+                    .upbuf
+                    .filled()
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.resp_out
+                    .extend_from_slice(&self.upbuf.filled()[..take]);
                 self.upbuf.consume(take);
                 left -= take as u64;
                 self.client.write_all(&self.resp_out).await?;
@@ -642,8 +668,11 @@ impl Conn {
                     if self.upbuf.fill(&mut app.stream, BUF).await? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    let take =
-                        self.upbuf.filled().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let take = self
+                        .upbuf
+                        .filled()
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
                     self.client.write_all(&self.upbuf.filled()[..take]).await?;
                     self.upbuf.consume(take);
                     left -= take as u64;
@@ -736,7 +765,11 @@ impl Conn {
     }
 
     async fn protocol_error(&mut self, status: u16, what: &'static str) {
-        let error = if status == 501 { "not_implemented" } else { "bad_request" };
+        let error = if status == 501 {
+            "not_implemented"
+        } else {
+            "bad_request"
+        };
         let answer = Answer {
             status,
             www_authenticate: None,
@@ -763,7 +796,11 @@ impl Conn {
             push_header(out, b"www-authenticate", challenge.as_bytes());
         }
         push_header(out, b"content-type", b"application/json");
-        push_header(out, b"content-length", answer.body.len().to_string().as_bytes());
+        push_header(
+            out,
+            b"content-length",
+            answer.body.len().to_string().as_bytes(),
+        );
         push_header(out, b"cache-control", b"no-store");
         if !keep_alive {
             push_header(out, b"connection", b"close");
@@ -869,10 +906,12 @@ fn prepare(
         }
     }
     // An HTTP/1.0 client keeps the connection only when it asked to.
-    if http10 && !req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("connection")
-            && tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
-    }) {
+    if http10
+        && !req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
+        })
+    {
         p.keep_alive = false;
     }
 
@@ -1020,11 +1059,20 @@ fn response_info(
         if name.eq_ignore_ascii_case(b"content-length") {
             match parse_length(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => return Err(UpstreamError::Malformed("invalid Content-Length from the app")),
+                _ => {
+                    return Err(UpstreamError::Malformed(
+                        "invalid Content-Length from the app",
+                    ));
+                }
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The final coding decides: chunked, or else the body runs to the close.
-            let last = h.value.rsplit(|&b| b == b',').next().map(trim).unwrap_or(b"");
+            let last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .map(trim)
+                .unwrap_or(b"");
             chunked = last.eq_ignore_ascii_case(b"chunked");
             other_coding |= !chunked;
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -1071,7 +1119,11 @@ enum ResponseFraming {
 
 /// Writes the status line and the headers to pass on (no final CRLF, except for interim and
 /// upgrade answers, which are complete).
-fn write_response_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, framing: ResponseFraming) {
+fn write_response_head(
+    out: &mut Vec<u8>,
+    resp: &httparse::Response<'_, '_>,
+    framing: ResponseFraming,
+) {
     let code = resp.code.unwrap_or(502);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(code.to_string().as_bytes());
@@ -1089,7 +1141,9 @@ fn write_response_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, fra
     });
     for h in resp.headers.iter() {
         let name = h.name;
-        let pass = if upgrade && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade")) {
+        let pass = if upgrade
+            && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade"))
+        {
             true
         } else if is_hop_by_hop(name) {
             false
@@ -1162,8 +1216,21 @@ mod tests {
     fn content_length_is_digits_only() {
         assert_eq!(parse_length(b"12"), Some(12));
         assert_eq!(parse_length(b" 0 "), Some(0));
-        for bad in [&b""[..], b"-1", b"+1", b"1,1", b"0x10", b"1 2", b"9999999999999999999"] {
-            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1,1",
+            b"0x10",
+            b"1 2",
+            b"9999999999999999999",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
