@@ -144,7 +144,7 @@ fn trim_spaces(mut v: &[u8]) -> &[u8] {
 fn visible_ascii(bytes: &[u8]) -> bool {
     bytes
         .iter()
-        .fold(true, |ok, &b| ok & ((b >= 0x20 && b < 0x7f) | (b == b'\t')))
+        .fold(true, |ok, &b| ok & ((0x20..0x7f).contains(&b) | (b == b'\t')))
 }
 
 /// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.

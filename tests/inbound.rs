@@ -415,6 +415,24 @@ fn websocket_upgrade_is_proxied() {
 }
 
 #[test]
+fn a_cached_token_is_refused_once_it_expires() {
+    for cache in ["1024", "0"] {
+        let (_keys, _upstream, sidecar) = setup(&["--leeway", "0", "--token-cache", cache]);
+        let exp = now() + 2;
+        let token = token_with("k1", KEY1, json!({ "exp": exp }));
+        for _ in 0..3 {
+            assert_eq!(get_with_token(sidecar.addr, "/", &token).status, 200);
+        }
+        while now() < exp {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let resp = get_with_token(sidecar.addr, "/", &token);
+        assert_eq!(resp.status, 401, "--token-cache {cache}");
+        assert_eq!(resp.json()["error_description"], "token expired");
+    }
+}
+
+#[test]
 fn dead_upstream_is_a_clear_502() {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let dead = format!("127.0.0.1:{}", free_port()).parse().expect("addr");

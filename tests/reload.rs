@@ -70,6 +70,33 @@ fn a_new_key_is_picked_up_and_a_removed_one_stops_working() {
 }
 
 #[test]
+fn a_cached_token_stops_working_as_soon_as_its_key_is_removed() {
+    let mut keys = KeyDir::new(&[("k1", KEY1), ("k2", KEY2)]);
+    let upstream = Upstream::start();
+    let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
+    assert!(eventually(Duration::from_secs(10), || get(
+        sidecar.admin,
+        "/startupz"
+    )
+    .status
+        == 200));
+    // The same token three times: verified once, then answered from the cache.
+    let token = good_token();
+    for _ in 0..3 {
+        assert_eq!(get_with_token(sidecar.addr, "/", &token).status, 200);
+    }
+    keys.update(&[("k2", KEY2)]);
+    assert!(eventually(Duration::from_secs(5), || sidecar
+        .metrics()
+        .contains("portcullis_keys_loaded 1")));
+    // The reload is in: the very next request must be refused, cache or not.
+    let resp = get_with_token(sidecar.addr, "/", &token);
+    assert_eq!(resp.status, 401);
+    assert_eq!(resp.json()["error_description"], "unknown key id");
+    assert_eq!(get_with_token(sidecar.addr, "/", &k2_token()).status, 200);
+}
+
+#[test]
 fn broken_updates_are_ignored_and_counted() {
     let mut keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();

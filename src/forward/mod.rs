@@ -149,12 +149,17 @@ impl Buf {
         &self.data[self.start..self.end]
     }
 
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
     fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
     fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
+        self.start = self.start.saturating_add(n).min(self.end);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -258,6 +263,8 @@ enum UpstreamError {
     /// The connection failed before any response byte: a pooled one may have gone stale.
     Lost(io::Error),
     Malformed(&'static str),
+    /// The client's body broke off or broke the chunked grammar.
+    Client(&'static str),
 }
 
 impl Conn {
@@ -397,15 +404,16 @@ impl Conn {
 
     /// Sends the prepared request to the app and its answer to the client.
     async fn forward(&mut self, p: &Prepared) -> Next {
-        if p.expect_continue && p.body != Framing::None && !p.http10 {
-            if self
+        if p.expect_continue
+            && p.body != Framing::None
+            && !p.http10
+            && self
                 .client
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
-            {
-                return Next::Close;
-            }
+        {
+            return Next::Close;
         }
         // A request without a body can be sent again if a pooled connection turns out stale.
         let mut app = match self.send_request(p).await {
@@ -417,7 +425,7 @@ impl Conn {
             Err(UpstreamError::Lost(_)) if app.reused && p.body == Framing::None => {
                 // The app closed an idle pooled connection just as it was reused: once more,
                 // on a new connection.
-                self.upbuf.consume(usize::MAX);
+                self.upbuf.clear();
                 app = match self.connect().await {
                     Ok(s) => App::new(s, false),
                     Err(e) => return self.upstream_failed(UpstreamError::Connect(e)).await,
@@ -488,7 +496,7 @@ impl Conn {
                 while left > 0 {
                     match self.inbuf.fill(&mut self.client, BUF).await {
                         Ok(0) | Err(_) => {
-                            return Err(UpstreamError::Malformed("the client's body ended early"));
+                            return Err(UpstreamError::Client("the request body ended early"));
                         }
                         Ok(_) => {}
                     }
@@ -515,7 +523,7 @@ impl Conn {
                         .decode(self.inbuf.filled(), |d| encode_chunk(out, d))
                         .map_err(|e| {
                             tracing::info!(error = %e, "request body refused");
-                            UpstreamError::Malformed("bad chunked request body")
+                            UpstreamError::Client("malformed chunked request body")
                         })?;
                     self.inbuf.consume(used);
                     if decoder.is_done() {
@@ -531,7 +539,7 @@ impl Conn {
                     }
                     match self.inbuf.fill(&mut self.client, BUF).await {
                         Ok(0) | Err(_) => {
-                            return Err(UpstreamError::Malformed("the client's body ended early"));
+                            return Err(UpstreamError::Client("the request body ended early"));
                         }
                         Ok(_) => {}
                     }
@@ -544,6 +552,8 @@ impl Conn {
 
     /// Reads the app's response head, writes it and the body to the client.
     async fn read_response(&mut self, app: &mut App, p: &Prepared) -> Result<Next, UpstreamError> {
+        // Whatever an earlier app connection left unread belongs to no response of this one.
+        self.upbuf.clear();
         let mut received_any = false;
         let (framing, head_len, app_keep, client_keep) = loop {
             if !self.upbuf.is_empty() {
@@ -712,7 +722,7 @@ impl Conn {
                 } else {
                     self.resp_out.extend_from_slice(data);
                 }
-                self.upbuf.consume(usize::MAX);
+                self.upbuf.clear();
                 self.client.write_all(&self.resp_out).await?;
                 self.resp_out.clear();
                 if self.upbuf.fill(&mut app.stream, BUF).await? == 0 {
@@ -729,7 +739,7 @@ impl Conn {
     /// After a 101: the head, whatever both sides already sent, then bytes both ways.
     async fn tunnel(&mut self, app: &mut App) -> Next {
         self.resp_out.extend_from_slice(self.upbuf.filled());
-        self.upbuf.consume(usize::MAX);
+        self.upbuf.clear();
         if self.client.write_all(&self.resp_out).await.is_err() {
             return Next::Close;
         }
@@ -737,7 +747,7 @@ impl Conn {
             if app.stream.write_all(self.inbuf.filled()).await.is_err() {
                 return Next::Close;
             }
-            self.inbuf.consume(usize::MAX);
+            self.inbuf.clear();
         }
         if let Err(error) = tokio::io::copy_bidirectional(&mut self.client, &mut app.stream).await {
             tracing::debug!(%error, "upgraded connection ended");
@@ -755,11 +765,20 @@ impl Conn {
                 tracing::warn!(upstream = %self.fwd.upstream, error = what, "request not completed");
                 (502, *what)
             }
+            UpstreamError::Client(what) => {
+                tracing::info!(client = %self.peer, error = what, "request body refused");
+                (400, *what)
+            }
+        };
+        let error = if status == 400 {
+            "bad_request"
+        } else {
+            "bad_gateway"
         };
         let answer = Answer {
             status,
             www_authenticate: None,
-            body: json_body("bad_gateway", what),
+            body: json_body(error, what),
         };
         self.answer(&answer, false).await
     }
