@@ -142,9 +142,9 @@ fn trim_spaces(mut v: &[u8]) -> &[u8] {
 /// Visible ASCII, space and tab only. Written as a fold without early exit so that the
 /// compiler checks many bytes per instruction: tokens run to thousands of characters.
 fn visible_ascii(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .fold(true, |ok, &b| ok & ((0x20..0x7f).contains(&b) | (b == b'\t')))
+    bytes.iter().fold(true, |ok, &b| {
+        ok & ((0x20..0x7f).contains(&b) | (b == b'\t'))
+    })
 }
 
 /// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.

@@ -7,9 +7,11 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`proxy`] | the pingora `ProxyHttp` that hosts the inbound pipeline and forwards to the app |
-//! | [`auth`] | strips spoofable headers, picks the public routes, finds the bearer token |
-//! | [`verify`] | checks an HS256 token: signature, `exp`/`nbf`/`iat`, `iss`, `aud` |
+//! | [`forward`] | plain HTTP: the lean HTTP/1.1 forwarder to the app (the hot path) |
+//! | [`proxy`] | TLS and mTLS: pingora's `ProxyHttp` around the same pipeline |
+//! | [`pipeline`] | the decision both engines share: public routes, credentials, rules, headers |
+//! | [`auth`] | strips spoofable headers, finds the bearer token |
+//! | [`verify`], [`cache`] | checks an HS256 token: signature, `exp`/`nbf`/`iat`, `iss`, `aud`; remembers verified ones |
 //! | [`answer`] | maps every failure to its RFC 6750 status, `WWW-Authenticate` and JSON body |
 //! | [`keys`] | the HMAC key set, loaded from a kubelet-style Secret volume |
 //! | [`watch`] | directory watching (notify, debounce, rescan) shared by every reloadable file |

@@ -122,20 +122,11 @@ impl Verifier {
         }
         let (header_b64, payload_b64, sig_b64) = split(token)?;
 
-        let mut header_buf = [0u8; MAX_HEADER_JSON];
-        let header_json = decode_header(header_b64, &mut header_buf)?;
-        let header: Header<'_> = serde_json::from_slice(header_json)
-            .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
-        if header.alg != "HS256" {
-            return Err(TokenError::UnsupportedAlgorithm);
-        }
-        if header.crit.is_some() {
-            return Err(TokenError::UnsupportedCritical);
-        }
-
-        let signature = decode_signature(sig_b64)?;
         let signing_input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-        let key = find_key(keys, header.kid.as_deref(), signing_input, &signature)?;
+        let key = with_header_kid(header_b64, |kid| {
+            let signature = decode_signature(sig_b64)?;
+            find_key(keys, kid, signing_input, &signature)
+        })?;
 
         PAYLOAD
             .with_borrow_mut(|payload| self.check_payload(payload_b64, payload, now))
@@ -226,7 +217,8 @@ fn split(token: &str) -> Result<(&str, &str, &str), TokenError> {
     if token.is_empty() {
         return Err(TokenError::Malformed("empty token"));
     }
-    let dot = |from: usize| token[from..].find('.').map(|i| from + i);
+    let bytes = token.as_bytes();
+    let dot = |from: usize| memchr::memchr(b'.', &bytes[from..]).map(|i| from + i);
     let first = dot(0);
     let (Some(first), Some(second)) = (first, first.and_then(|f| dot(f + 1))) else {
         return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
@@ -254,6 +246,49 @@ const MAX_HEADER_JSON: usize = 512;
 thread_local! {
     /// Decoded payloads are parsed from this buffer, reused across requests on a thread.
     static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// The last JOSE header segment that passed, and its `kid`: an issuer sends the same header
+    /// on every token it signs with one key, so it is decoded and checked once, not per token.
+    static LAST_HEADER: std::cell::RefCell<(String, Option<String>)> =
+        const { std::cell::RefCell::new((String::new(), None)) };
+}
+
+/// Checks the header segment (`alg` must be `HS256`, no `crit`), then runs `then` with its
+/// `kid`.
+fn with_header_kid<'k>(
+    segment: &str,
+    then: impl FnOnce(Option<&str>) -> Result<&'k Key, TokenError>,
+) -> Result<&'k Key, TokenError> {
+    let mut then = Some(then);
+    let known = LAST_HEADER.with_borrow(|(last, kid)| {
+        (last == segment).then(|| then.take().map(|f| f(kid.as_deref())))
+    });
+    if let Some(Some(result)) = known {
+        return result;
+    }
+    let mut header_buf = [0u8; MAX_HEADER_JSON];
+    let header_json = decode_header(segment, &mut header_buf)?;
+    let header: Header<'_> = serde_json::from_slice(header_json)
+        .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
+    if header.alg != "HS256" {
+        return Err(TokenError::UnsupportedAlgorithm);
+    }
+    if header.crit.is_some() {
+        return Err(TokenError::UnsupportedCritical);
+    }
+    if segment.len() <= MAX_HEADER_JSON {
+        LAST_HEADER.with_borrow_mut(|(last, last_kid)| {
+            last.clear();
+            last.push_str(segment);
+            *last_kid = header.kid.as_deref().map(str::to_string);
+        });
+    }
+    match then.take() {
+        Some(f) => f(header.kid.as_deref()),
+        None => Err(TokenError::Malformed("header is not a JSON object")),
+    }
 }
 
 /// Decodes the header segment into a stack buffer.
@@ -541,6 +576,36 @@ mod tests {
         .expect("valid");
         assert_eq!(c.sub.as_deref(), Some("bob"));
         assert_eq!(c.roles, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn the_remembered_header_never_stands_in_for_another() {
+        let (_dir, keys) = keyset();
+        let p = r#"{"iss":"iss","aud":"todos","exp":1800000100}"#;
+        let v = verifier();
+        let good = sign(H, p, KEY);
+        assert!(v.verify(&good, &keys, NOW).is_ok());
+        // Each differs from the remembered header, so each is decoded and checked again.
+        let none = sign(r#"{"alg":"none","kid":"k1"}"#, p, KEY);
+        assert_eq!(
+            v.verify(&none, &keys, NOW).err(),
+            Some(TokenError::UnsupportedAlgorithm)
+        );
+        let crit = sign(r#"{"alg":"HS256","kid":"k1","crit":["x"]}"#, p, KEY);
+        assert_eq!(
+            v.verify(&crit, &keys, NOW).err(),
+            Some(TokenError::UnsupportedCritical)
+        );
+        let other_kid = sign(r#"{"alg":"HS256","kid":"k9"}"#, p, KEY);
+        assert_eq!(
+            v.verify(&other_kid, &keys, NOW).err(),
+            Some(TokenError::UnknownKey)
+        );
+        // The remembered header still needs a good signature.
+        let last = if good.ends_with('A') { "B" } else { "A" };
+        let forged = format!("{}{last}", &good[..good.len() - 1]);
+        assert!(v.verify(&forged, &keys, NOW).is_err());
+        assert!(v.verify(&good, &keys, NOW).is_ok());
     }
 
     #[test]
