@@ -149,10 +149,16 @@ impl Verifier {
             // One huge token must not pin its buffer for the life of the thread.
             buf.shrink_to(8192);
         }
-        URL_SAFE_NO_PAD
-            .decode_vec(payload_b64, buf)
+        // A SIMD decoder: as strict as the `base64` crate's (no padding, canonical last
+        // character), several times faster on the per-request path.
+        base64_simd::URL_SAFE_NO_PAD
+            .decode_append(payload_b64, buf)
             .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
-        let raw: RawClaims = serde_json::from_slice(buf)
+        // Valid UTF-8 checked once for the whole payload (JSON that is not UTF-8 is not JSON),
+        // so the parser need not check each string again.
+        let text = std::str::from_utf8(buf)
+            .map_err(|_| TokenError::Malformed("claims are not a valid JSON object"))?;
+        let raw: RawClaims = serde_json::from_str(text)
             .map_err(|_| TokenError::Malformed("claims are not a valid JSON object"))?;
         self.check_claims(raw, now)
     }
@@ -313,8 +319,10 @@ fn decode_signature(segment: &str) -> Result<[u8; 32], TokenError> {
             "signature has the wrong length for HS256",
         ));
     }
-    match URL_SAFE_NO_PAD.decode_slice(segment, &mut sig) {
-        Ok(32) => Ok(sig),
+    match base64_simd::URL_SAFE_NO_PAD
+        .decode(segment.as_bytes(), base64_simd::Out::from_slice(&mut sig))
+    {
+        Ok(decoded) if decoded.len() == 32 => Ok(sig),
         _ => Err(TokenError::Malformed("signature is not base64url")),
     }
 }
@@ -329,8 +337,7 @@ fn find_key<'k>(
     let matches = |key: &Key| {
         let mut mac = key.mac();
         mac.update(input);
-        // `verify_slice` compares in constant time.
-        mac.verify_slice(sig).is_ok()
+        crate::cache::constant_time_eq(&mac.finalize().into_bytes(), sig)
     };
     match kid {
         Some(kid) => {
@@ -606,6 +613,25 @@ mod tests {
         let forged = format!("{}{last}", &good[..good.len() - 1]);
         assert!(v.verify(&forged, &keys, NOW).is_err());
         assert!(v.verify(&good, &keys, NOW).is_ok());
+    }
+
+    #[test]
+    fn base64url_is_decoded_strictly() {
+        // Padding, the standard alphabet and non-canonical last characters are all refused,
+        // exactly as the `base64` crate's URL_SAFE_NO_PAD refuses them.
+        for segment in ["QUI=", "a+b/", "AB", "AAB", "QU", "Q", "@@@@"] {
+            let strict = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment);
+            let mut buf = Vec::new();
+            let ours = base64_simd::URL_SAFE_NO_PAD.decode_append(segment, &mut buf);
+            assert!(strict.is_err() && ours.is_err(), "{segment}");
+        }
+        let mut buf = Vec::new();
+        assert!(
+            base64_simd::URL_SAFE_NO_PAD
+                .decode_append("a-_b", &mut buf)
+                .is_ok()
+        );
+        assert_eq!(buf, B64.decode("a-_b").expect("valid"));
     }
 
     #[test]
