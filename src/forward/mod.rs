@@ -207,14 +207,13 @@ struct Prepared {
     body: Framing,
     upgrade: bool,
     expect_continue: bool,
-    method: String,
     outcome: Result<Allowed, Refusal>,
 }
 
 /// A request that does not reach the app.
 enum Refusal {
-    /// Refused by the pipeline: counted and logged as a decision.
-    Decision(Rejection, String),
+    /// Refused by the pipeline: counted and logged as a decision; method and path for the log.
+    Decision(Rejection, String, String),
     /// Not a valid HTTP/1.1 request: status and description.
     Protocol(u16, &'static str),
 }
@@ -379,11 +378,11 @@ impl Conn {
         let outcome = std::mem::replace(&mut p.outcome, Err(Refusal::Protocol(500, "")));
         let allowed = match outcome {
             Ok(allowed) => allowed,
-            Err(Refusal::Decision(rejection, path)) => {
+            Err(Refusal::Decision(rejection, method, path)) => {
                 let answer =
                     self.fwd
                         .pipeline
-                        .refuse(&rejection, &p.method, &path, &self.peer.to_string());
+                        .refuse(&rejection, &method, &path, &self.peer.to_string());
                 self.fwd.pipeline.finish(rejection.reason(), None, start);
                 // Whatever body follows is not read: the connection ends with the answer.
                 let keep = p.keep_alive && p.body == Framing::None;
@@ -871,7 +870,6 @@ fn prepare(
         body: Framing::None,
         upgrade: false,
         expect_continue: false,
-        method: method.to_string(),
         outcome: Err(Refusal::Protocol(400, "malformed request")),
     };
 
@@ -985,7 +983,11 @@ fn prepare(
         Ok(path) => path,
         Err(error) => {
             tracing::info!(%error, "request path refused");
-            p.outcome = Err(Refusal::Decision(Rejection::BadPath, raw_path.to_string()));
+            p.outcome = Err(Refusal::Decision(
+                Rejection::BadPath,
+                method.to_string(),
+                raw_path.to_string(),
+            ));
             return p;
         }
     };
@@ -1006,7 +1008,11 @@ fn prepare(
     let allowed = match fwd.pipeline.decide(&inbound, &mut HeadSink(extra)) {
         Ok(allowed) => allowed,
         Err(rejection) => {
-            p.outcome = Err(Refusal::Decision(rejection, path.into_owned()));
+            p.outcome = Err(Refusal::Decision(
+                rejection,
+                method.to_string(),
+                path.into_owned(),
+            ));
             return p;
         }
     };
