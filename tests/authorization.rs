@@ -16,12 +16,7 @@ fn with_config(yaml: &str, extra: &[&str]) -> (KeyDir, Upstream, Sidecar) {
     let mut args = vec!["--config", path.to_str().expect("path")];
     args.extend_from_slice(extra);
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &args);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     (keys, upstream, sidecar)
 }
 

@@ -112,12 +112,7 @@ fn pair() -> Pair {
     ];
     let share = Sidecar::start_as("share", &keys.path, share_app.addr, &share_args);
     for s in [&todos, &share] {
-        assert!(eventually(Duration::from_secs(10), || get(
-            s.admin,
-            "/startupz"
-        )
-        .status
-            == 200));
+        s.wait_started();
     }
     Pair {
         _keys: keys,

@@ -15,21 +15,11 @@ use common::*;
 
 // ---------------------------------------------------------------- set-up
 
-fn wait_started(sidecar: &Sidecar) {
-    assert!(
-        eventually(Duration::from_secs(10), || get(sidecar.admin, "/startupz")
-            .status
-            == 200),
-        "sidecar did not start; log:\n{}",
-        sidecar.log_text()
-    );
-}
-
 fn setup(extra: &[&str]) -> (KeyDir, Upstream, Sidecar) {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, extra);
-    wait_started(&sidecar);
+    sidecar.wait_started();
     (keys, upstream, sidecar)
 }
 
@@ -37,7 +27,7 @@ fn setup_scripted(response: &[u8], close_after: bool) -> (KeyDir, Scripted, Side
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Scripted::start(response, close_after);
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    wait_started(&sidecar);
+    sidecar.wait_started();
     (keys, upstream, sidecar)
 }
 

@@ -16,12 +16,7 @@ fn setup(extra: &[&str]) -> (KeyDir, Upstream, Sidecar) {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, extra);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     (keys, upstream, sidecar)
 }
 
@@ -437,12 +432,7 @@ fn dead_upstream_is_a_clear_502() {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let dead = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let sidecar = Sidecar::start(&keys.path, dead, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     let resp = get_with_token(sidecar.addr, "/", &good_token());
     assert_eq!(resp.status, 502);
     assert_eq!(resp.json()["error"], "bad_gateway");
@@ -483,12 +473,7 @@ fn rfc7515_appendix_a1_vector_verifies_then_fails_on_expiry() {
     let keys = KeyDir::new(&[("jwks.json", jwks.as_bytes())]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     let token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     let resp = get_with_token(sidecar.addr, "/", token);
     assert_refused(

@@ -79,12 +79,7 @@ fn start(secret: &KeyDir, upstream: &Upstream, client_auth: &str, auth: &str) ->
     let args = tls_args(&secret.path, client_auth, auth);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &args);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     (keys, sidecar)
 }
 

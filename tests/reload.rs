@@ -21,12 +21,7 @@ fn a_new_key_is_picked_up_and_a_removed_one_stops_working() {
     let mut keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     assert_eq!(get_with_token(sidecar.addr, "/", &good_token()).status, 200);
     assert_eq!(get_with_token(sidecar.addr, "/", &k2_token()).status, 401);
 
@@ -74,12 +69,7 @@ fn a_cached_token_stops_working_as_soon_as_its_key_is_removed() {
     let mut keys = KeyDir::new(&[("k1", KEY1), ("k2", KEY2)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
     // The same token three times: verified once, then answered from the cache.
     let token = good_token();
     for _ in 0..3 {
@@ -101,12 +91,7 @@ fn broken_updates_are_ignored_and_counted() {
     let mut keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
 
     // A short key, then an empty Secret: each refused, k1 keeps serving.
     keys.update(&[("k1", KEY1), ("weak", b"password")]);
@@ -172,12 +157,7 @@ fn rotation_add_switch_remove_loses_no_request() {
     let mut keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
 
     // Clients first sign with k1, then (once k2 is everywhere) with k2.
     let use_k2 = Arc::new(AtomicBool::new(false));
@@ -236,12 +216,7 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let keys = KeyDir::new(&[("k1", KEY1)]);
     let upstream = Upstream::start();
     let mut sidecar = Sidecar::start(&keys.path, upstream.addr, &[]);
-    assert!(eventually(Duration::from_secs(10), || get(
-        sidecar.admin,
-        "/startupz"
-    )
-    .status
-        == 200));
+    sidecar.wait_started();
 
     let addr = sidecar.addr;
     let slow = thread::spawn(move || get_with_token(addr, "/slow", &good_token()).status);

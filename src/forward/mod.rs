@@ -476,41 +476,20 @@ impl Conn {
                 }
             }
             Framing::Length(n) => {
-                let mut left = n;
-                let take = self
-                    .inbuf
-                    .filled()
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
                 self.resp_out.clear();
                 self.resp_out.extend_from_slice(&self.req_out);
-                self.resp_out
-                    .extend_from_slice(&self.inbuf.filled()[..take]);
-                self.inbuf.consume(take);
-                left -= take as u64;
-                app.stream
-                    .write_all(&self.resp_out)
-                    .await
-                    .map_err(UpstreamError::Lost)?;
-                while left > 0 {
-                    match self.inbuf.fill(&mut self.client, BUF).await {
-                        Ok(0) | Err(_) => {
-                            return Err(UpstreamError::Client("the request body ended early"));
-                        }
-                        Ok(_) => {}
-                    }
-                    let take = self
-                        .inbuf
-                        .filled()
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    app.stream
-                        .write_all(&self.inbuf.filled()[..take])
-                        .await
-                        .map_err(UpstreamError::Lost)?;
-                    self.inbuf.consume(take);
-                    left -= take as u64;
-                }
+                copy_length(
+                    &mut self.inbuf,
+                    &mut self.resp_out,
+                    &mut self.client,
+                    &mut app.stream,
+                    n,
+                )
+                .await
+                .map_err(|e| match e {
+                    Copy::Source(_) => UpstreamError::Client("the request body ended early"),
+                    Copy::Sink(e) => UpstreamError::Lost(e),
+                })?;
             }
             Framing::Chunked => {
                 let mut decoder = Chunked::new();
@@ -662,30 +641,17 @@ impl Conn {
                 self.client.write_all(&self.resp_out).await?;
             }
             Framing::Length(n) => {
-                let mut left = n;
-                let take = self
-                    .upbuf
-                    .filled()
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.resp_out
-                    .extend_from_slice(&self.upbuf.filled()[..take]);
-                self.upbuf.consume(take);
-                left -= take as u64;
-                self.client.write_all(&self.resp_out).await?;
-                while left > 0 {
-                    if self.upbuf.fill(&mut app.stream, BUF).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    let take = self
-                        .upbuf
-                        .filled()
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.client.write_all(&self.upbuf.filled()[..take]).await?;
-                    self.upbuf.consume(take);
-                    left -= take as u64;
-                }
+                copy_length(
+                    &mut self.upbuf,
+                    &mut self.resp_out,
+                    &mut app.stream,
+                    &mut self.client,
+                    n,
+                )
+                .await
+                .map_err(|e| match e {
+                    Copy::Source(e) | Copy::Sink(e) => e,
+                })?;
             }
             Framing::Chunked => {
                 let mut decoder = Chunked::new();
@@ -848,6 +814,52 @@ impl App {
             reused,
             reusable: false,
         }
+    }
+}
+
+/// Which side of a copy failed.
+enum Copy {
+    Source(io::Error),
+    Sink(io::Error),
+}
+
+/// Sends `head` followed by exactly `n` body bytes: first those already in `buf`, then what
+/// `from` delivers. The head and the buffered part go out in one write.
+async fn copy_length<R, W>(
+    buf: &mut Buf,
+    head: &mut Vec<u8>,
+    from: &mut R,
+    to: &mut W,
+    n: u64,
+) -> Result<(), Copy>
+where
+    R: AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut left = n;
+    let mut take = buf
+        .filled()
+        .len()
+        .min(usize::try_from(left).unwrap_or(usize::MAX));
+    head.extend_from_slice(&buf.filled()[..take]);
+    let mut chunk: &[u8] = head;
+    loop {
+        to.write_all(chunk).await.map_err(Copy::Sink)?;
+        buf.consume(take);
+        left -= take as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        match buf.fill(from, BUF).await {
+            Ok(0) => return Err(Copy::Source(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(Copy::Source(e)),
+        }
+        take = buf
+            .filled()
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        chunk = &buf.filled()[..take];
     }
 }
 

@@ -425,6 +425,17 @@ impl Sidecar {
         sidecar
     }
 
+    /// Waits until `/startupz` answers 200: keys loaded and the listener up.
+    pub fn wait_started(&self) {
+        assert!(
+            eventually(Duration::from_secs(10), || get(self.admin, "/startupz")
+                .status
+                == 200),
+            "sidecar did not start; log:\n{}",
+            self.log_text()
+        );
+    }
+
     pub fn spawn_at(
         identity: &str,
         addr: SocketAddr,
