@@ -11,7 +11,8 @@
 //! | [`proxy`] | TLS and mTLS: pingora's `ProxyHttp` around the same pipeline |
 //! | [`pipeline`] | the decision both engines share: public routes, credentials, rules, headers |
 //! | [`auth`] | strips spoofable headers, finds the bearer token |
-//! | [`verify`], [`cache`] | checks an HS256 token: signature, `exp`/`nbf`/`iat`, `iss`, `aud`; remembers verified ones |
+//! | [`verify`] | checks an HS256 token: signature, `exp`/`nbf`/`iat`, `iss`, `aud` |
+//! | [`cache`] | remembers verified tokens per thread, tied to the key set and to `exp` |
 //! | [`answer`] | maps every failure to its RFC 6750 status, `WWW-Authenticate` and JSON body |
 //! | [`keys`] | the HMAC key set, loaded from a kubelet-style Secret volume |
 //! | [`watch`] | directory watching (notify, debounce, rescan) shared by every reloadable file |

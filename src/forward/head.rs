@@ -50,6 +50,20 @@ impl HeaderSink for HeadSink<'_> {
     }
 }
 
+/// A header whose value is a decimal number, written without an intermediate string.
+fn push_number_header(out: &mut Vec<u8>, name: &[u8], value: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    push_number(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_number(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{value}");
+}
+
 pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -72,6 +86,7 @@ pub(super) fn prepare(
     let mut p = Prepared {
         head_len,
         is_head: method == "HEAD",
+        // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked to.
         keep_alive: !http10,
         http10,
         body: Framing::None,
@@ -129,16 +144,6 @@ pub(super) fn prepare(
             _ => {}
         }
     }
-    // An HTTP/1.0 client keeps the connection only when it asked to.
-    if http10
-        && !req.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("connection")
-                && tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
-        })
-    {
-        p.keep_alive = false;
-    }
-
     // Framing first: a message portcullis would delimit differently from the app never passes.
     let refuse = |p: &mut Prepared, status, what| {
         p.keep_alive = false;
@@ -253,7 +258,7 @@ pub(super) fn prepare(
     }
     match p.body {
         Framing::Chunked => push_header(req_out, b"transfer-encoding", b"chunked"),
-        Framing::Length(n) => push_header(req_out, b"content-length", n.to_string().as_bytes()),
+        Framing::Length(n) => push_number_header(req_out, b"content-length", n),
         _ if length == Some(0) => push_header(req_out, b"content-length", b"0"),
         _ => {}
     }
@@ -354,7 +359,7 @@ pub(super) fn write_response_head(
 ) {
     let code = resp.code.unwrap_or(502);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.to_string().as_bytes());
+    push_number(out, u64::from(code));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -385,7 +390,7 @@ pub(super) fn write_response_head(
         }
     }
     match framing {
-        ResponseFraming::Length(n) => push_header(out, b"content-length", n.to_string().as_bytes()),
+        ResponseFraming::Length(n) => push_number_header(out, b"content-length", n),
         ResponseFraming::Chunked => push_header(out, b"transfer-encoding", b"chunked"),
         ResponseFraming::Interim | ResponseFraming::Upgrade => out.extend_from_slice(b"\r\n"),
         ResponseFraming::AsIs | ResponseFraming::Close => {}

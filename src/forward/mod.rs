@@ -90,6 +90,11 @@ impl Forwarder {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            // Registered here, so that a failure stops the start rather than one thread.
+            let listener = {
+                let _context = runtime.enter();
+                tokio::net::TcpListener::from_std(listener)?
+            };
             std::thread::Builder::new()
                 .name(format!("inbound-{i}"))
                 .spawn(move || runtime.block_on(this.accept_loop(listener, shutdown)))?;
@@ -99,23 +104,17 @@ impl Forwarder {
 
     async fn accept_loop(
         self: Arc<Self>,
-        listener: std::net::TcpListener,
+        listener: tokio::net::TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(%error, "inbound listener unusable");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         // Small writes are whole messages: never wait to coalesce them.
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(Conn::new(self.clone(), stream, peer, shutdown.clone()).serve());
+                        let conn = Conn::new(self.clone(), stream, peer, shutdown.clone());
+                        tokio::spawn(conn.serve());
                     }
                     Err(error) => {
                         // Out of descriptors and the like: say so, and do not spin.
@@ -278,21 +277,11 @@ impl Conn {
                             &mut self.extra,
                         ));
                     }
-                    Ok(httparse::Status::Partial) if self.inbuf.filled().len() >= limit => {
+                    Ok(httparse::Status::Partial) if self.inbuf.filled().len() < limit => {}
+                    Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
                         self.fwd.pipeline.metrics.decided("head_too_large");
-                        self.answer_close(
-                            &Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity),
-                        )
-                        .await;
-                        return None;
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(httparse::Error::TooManyHeaders) => {
-                        self.fwd.pipeline.metrics.decided("head_too_large");
-                        self.answer_close(
-                            &Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity),
-                        )
-                        .await;
+                        let answer = Rejection::HeadTooLarge.answer(&self.fwd.pipeline.identity);
+                        self.answer(&answer, false).await;
                         return None;
                     }
                     Err(error) => {
@@ -305,7 +294,10 @@ impl Conn {
             let read = if self.inbuf.is_empty() && deadline.is_none() {
                 // Between requests: wait for the next one, or for shutdown.
                 tokio::select! {
-                    r = tokio::time::timeout(CLIENT_IDLE, self.inbuf.fill(&mut self.client, limit)) => r,
+                    r = tokio::time::timeout(
+                        CLIENT_IDLE,
+                        self.inbuf.fill(&mut self.client, limit),
+                    ) => r,
                     _ = self.shutdown.changed() => return None,
                 }
             } else {
@@ -345,7 +337,12 @@ impl Conn {
                 return self.answer(&answer, keep).await;
             }
             Err(Refusal::Protocol(status, what)) => {
-                tracing::info!(status, error = what, client = %self.peer, "malformed request refused");
+                tracing::info!(
+                    status,
+                    error = what,
+                    client = %self.peer,
+                    "malformed request refused"
+                );
                 self.protocol_error(status, what).await;
                 return Next::Close;
             }
@@ -443,8 +440,8 @@ impl Conn {
                 )
                 .await
                 .map_err(|e| match e {
-                    Copy::Source(_) => UpstreamError::Client("the request body ended early"),
-                    Copy::Sink(e) => UpstreamError::Lost(e),
+                    CopyError::Source(_) => UpstreamError::Client("the request body ended early"),
+                    CopyError::Sink(e) => UpstreamError::Lost(e),
                 })?;
             }
             Framing::Chunked => {
@@ -509,7 +506,12 @@ impl Conn {
                         if (100..200).contains(&code) {
                             // 100 is portcullis's own business; other interim answers are
                             // passed to HTTP/1.1 clients.
-                            if code != 100 && code != 101 && !p.http10 {
+                            if code == 101 {
+                                return Err(UpstreamError::Malformed(
+                                    "101 without an upgrade request",
+                                ));
+                            }
+                            if code != 100 && !p.http10 {
                                 self.resp_out.clear();
                                 write_response_head(
                                     &mut self.resp_out,
@@ -517,11 +519,6 @@ impl Conn {
                                     ResponseFraming::Interim,
                                 );
                                 let _ = self.client.write_all(&self.resp_out).await;
-                            }
-                            if code == 101 {
-                                return Err(UpstreamError::Malformed(
-                                    "101 without an upgrade request",
-                                ));
                             }
                             self.upbuf.consume(n);
                             continue;
@@ -607,7 +604,7 @@ impl Conn {
                 )
                 .await
                 .map_err(|e| match e {
-                    Copy::Source(e) | Copy::Sink(e) => e,
+                    CopyError::Source(e) | CopyError::Sink(e) => e,
                 })?;
             }
             Framing::Chunked => {
@@ -684,7 +681,8 @@ impl Conn {
                 (502, "the app behind the sidecar is unreachable")
             }
             UpstreamError::Malformed(what) => {
-                tracing::warn!(upstream = %self.fwd.upstream, error = what, "request not completed");
+                let upstream = self.fwd.upstream;
+                tracing::warn!(%upstream, error = what, "request not completed");
                 (502, *what)
             }
             UpstreamError::Client(what) => {
@@ -716,11 +714,7 @@ impl Conn {
             www_authenticate: None,
             body: json_body(error, what),
         };
-        self.answer_close(&answer).await;
-    }
-
-    async fn answer_close(&mut self, answer: &Answer) {
-        self.answer(answer, false).await;
+        self.answer(&answer, false).await;
     }
 
     /// Writes a complete answer of portcullis's own.
@@ -775,7 +769,7 @@ impl App {
 }
 
 /// Which side of a copy failed.
-enum Copy {
+enum CopyError {
     Source(io::Error),
     Sink(io::Error),
 }
@@ -788,7 +782,7 @@ async fn copy_length<R, W>(
     from: &mut R,
     to: &mut W,
     n: u64,
-) -> Result<(), Copy>
+) -> Result<(), CopyError>
 where
     R: AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -801,16 +795,16 @@ where
     head.extend_from_slice(&buf.filled()[..take]);
     let mut chunk: &[u8] = head;
     loop {
-        to.write_all(chunk).await.map_err(Copy::Sink)?;
+        to.write_all(chunk).await.map_err(CopyError::Sink)?;
         buf.consume(take);
         left -= take as u64;
         if left == 0 {
             return Ok(());
         }
         match buf.fill(from, BUF).await {
-            Ok(0) => return Err(Copy::Source(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) => return Err(CopyError::Source(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
-            Err(e) => return Err(Copy::Source(e)),
+            Err(e) => return Err(CopyError::Source(e)),
         }
         take = buf
             .filled()
